@@ -1,0 +1,72 @@
+"""Input checks shared by nblib's entry points: each failure is a ValueError that says what was wrong."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def as_params(params, *, name: str = "params") -> dict[str, torch.Tensor]:
+    """params must be a non-empty dict of finite floating tensors with one common dtype."""
+    if not isinstance(params, dict) or not params:
+        raise ValueError(f"{name} must be a non-empty dict of tensors, got {type(params).__name__}")
+    dtypes = set()
+    for key, value in params.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise ValueError(f"{name}[{key!r}] must be a floating tensor, got dtype {value.dtype}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name}[{key!r}] contains NaN or infinite values")
+        dtypes.add(value.dtype)
+    if len(dtypes) > 1:
+        raise ValueError(f"{name} mixes dtypes {sorted(map(str, dtypes))}; use one dtype for all tensors")
+    return params
+
+
+def as_data(X, y=None, *, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """X: [n, ...] inputs, y: [n] targets; both finite, same n, n >= 1."""
+    X = torch.as_tensor(X, dtype=dtype)
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise ValueError(f"X must have a leading dimension of examples, n >= 1; got shape {tuple(X.shape)}")
+    if not torch.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite values")
+    if y is None:
+        return X, None
+    y = torch.as_tensor(y, dtype=dtype)
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-D tensor of n targets; got shape {tuple(y.shape)}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}; they must match")
+    if not torch.isfinite(y).all():
+        raise ValueError("y contains NaN or infinite values")
+    return X, y
+
+
+def positive(value, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def nonnegative(value, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return float(value)
+
+
+def count(value, name: str, *, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def stacked_chains(params: dict[str, torch.Tensor]) -> int:
+    """Number of chains of params stacked along a leading dimension (the same for every tensor)."""
+    sizes = {key: (v.shape[0] if v.ndim else None) for key, v in params.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ValueError(
+            "stacked params need one common leading chain dimension on every tensor; "
+            f"got leading sizes {sizes}"
+        )
+    return next(iter(sizes.values()))
