@@ -29,16 +29,15 @@ def as_float(value) -> float:
     return float(value)
 
 
-def glue(key: str, value, display: bool = False):
+def glue(key: str, value, display: bool = False) -> None:
     """Glue a number (as a plain float) or a string for the prose; a no-op outside myst-nb."""
     if not isinstance(value, str):
         value = as_float(value)
     try:
         from myst_nb import glue as _glue
     except ImportError:          # plain Python without the book's tools: nothing to glue into
-        return value
+        return
     _glue(key, value, display=display)
-    return value
 
 
 @dataclass
@@ -58,30 +57,30 @@ class Ledger:
         self.chapter = chapter
         self.rows: list[Row] = []
 
-    def check(self, key: str, claim: str, measured, *, holds: bool, tolerance: str, fmt: str = ".3g") -> bool:
+    def check(self, key: str, claim: str, measured, *, holds: bool, tolerance: str, fmt: str = ".3g") -> None:
+        """Record a claim: ``measured`` (a single number) and whether it ``holds`` within ``tolerance``."""
         if any(r.key == key for r in self.rows):
             raise ValueError(f"claim key {key!r} is already in the ledger")
         m = as_float(measured)
         ok = bool(holds) and math.isfinite(m)
         self.rows.append(Row(key, claim, m, tolerance, ok, fmt))
         glue(key, m)
-        return ok
 
-    def close_to(self, key, claim, measured, target, *, rtol: float = 0.0, atol: float = 0.0, fmt=".3g") -> bool:
+    def close_to(self, key, claim, measured, target, *, rtol: float = 0.0, atol: float = 0.0, fmt=".3g") -> None:
         """Holds if |measured − target| ≤ atol + rtol·|target|."""
         m, t = as_float(measured), as_float(target)
         bound = atol + rtol * abs(t)
         parts = [f"{rtol:.0%} rel." if rtol else "", f"{atol:{fmt}} abs." if atol else ""]
         tol = f"{t:{fmt}} ± " + " + ".join(p for p in parts if p)
-        return self.check(key, claim, m, holds=abs(m - t) <= bound, tolerance=tol, fmt=fmt)
+        self.check(key, claim, m, holds=abs(m - t) <= bound, tolerance=tol, fmt=fmt)
 
-    def at_most(self, key, claim, measured, bound, *, fmt=".3g") -> bool:
+    def at_most(self, key, claim, measured, bound, *, fmt=".3g") -> None:
         b = as_float(bound)
-        return self.check(key, claim, measured, holds=as_float(measured) <= b, tolerance=f"≤ {b:{fmt}}", fmt=fmt)
+        self.check(key, claim, measured, holds=as_float(measured) <= b, tolerance=f"≤ {b:{fmt}}", fmt=fmt)
 
-    def at_least(self, key, claim, measured, bound, *, fmt=".3g") -> bool:
+    def at_least(self, key, claim, measured, bound, *, fmt=".3g") -> None:
         b = as_float(bound)
-        return self.check(key, claim, measured, holds=as_float(measured) >= b, tolerance=f"≥ {b:{fmt}}", fmt=fmt)
+        self.check(key, claim, measured, holds=as_float(measured) >= b, tolerance=f"≥ {b:{fmt}}", fmt=fmt)
 
     @property
     def failed(self) -> list[Row]:
