@@ -143,7 +143,6 @@ def init_mlp(sizes: list[int], *, generator: torch.Generator | None = None,
 
 # ----------------------------------------------------------------------------- matrix sensing
 
-def matrix_sensing(params: dict, A: torch.Tensor) -> torch.Tensor:
-    """h(A; U) = ⟨A, UUᵀ⟩ (Blanc et al. §4.1); ∇_U h = (A + Aᵀ)U."""
-    U = params["U"]
-    return (A * (U @ U.T)).sum()
+# h(A; U) = ⟨A, UUᵀ⟩ (Blanc et al. §4.1), with closed forms (∇_U h = (A + Aᵀ)U, reg = ⟨M, UUᵀ⟩):
+# defined in nblib.matrix_sensing, re-exported here.
+from .matrix_sensing import matrix_sensing  # noqa: E402,F401

@@ -1,0 +1,156 @@
+"""Matrix sensing pieces: closed forms vs autograd / torch.func, the fast loop vs nblib's reference loops."""
+import math
+
+import pytest
+import torch
+
+import nblib
+from nblib import matrix_sensing as ms
+from nblib.models import matrix_sensing as model_from_models
+
+DT = torch.float64
+
+
+def small_problem(d=5, rank=2, n=30, seed=0):
+    return ms.sensing_problem(d, rank, n, seed=seed, dtype=DT)
+
+
+def random_U(d, seed=1, C=None):
+    g = torch.Generator().manual_seed(seed)
+    shape = (d, d) if C is None else (C, d, d)
+    return torch.randn(*shape, generator=g, dtype=DT)
+
+
+def test_models_reexports_the_same_model():
+    assert model_from_models is ms.matrix_sensing
+    assert nblib.closed_form_of(model_from_models) is not None
+
+
+def test_closed_form_gradient_matches_autograd():
+    """∇_U ⟨A, UUᵀ⟩ = (A + Aᵀ)U, and the batched vjp Σ_b r_b (A_b + A_bᵀ)U."""
+    P = small_problem()
+    U = random_U(P.d).requires_grad_(True)
+    for i in range(3):
+        (g,) = torch.autograd.grad(ms.matrix_sensing({"U": U}, P.A[i]), U)
+        assert torch.allclose(g, (P.A[i] + P.A[i].T) @ U, rtol=1e-12, atol=1e-12)
+    cf = nblib.closed_form_of(ms.matrix_sensing)
+    Uc = random_U(P.d, C=2)
+    Ab = P.A[:4].expand(2, 4, P.d, P.d)
+    r = torch.randn(2, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
+    out = cf.forward({"U": Uc}, Ab)
+    ref = torch.stack([torch.stack([ms.matrix_sensing({"U": Uc[c]}, Ab[c, b]) for b in range(4)]) for c in range(2)])
+    assert torch.allclose(out, ref, rtol=1e-12)
+    Ul = Uc.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad((cf.forward({"U": Ul}, Ab) * r).sum(), Ul)
+    assert torch.allclose(cf.vjp({"U": Uc}, Ab, r)["U"], g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_closed_form_reg_and_its_gradient_match_torch_func():
+    P = small_problem()
+    U = random_U(P.d)
+    fast = nblib.per_example_sq_grad_norms(ms.matrix_sensing, {"U": U}, P.A, fast=True)
+    slow = nblib.per_example_sq_grad_norms(ms.matrix_sensing, {"U": U}, P.A, fast=False)
+    assert torch.allclose(fast, slow, rtol=1e-12)
+    reg_generic = nblib.implicit_regularizer(ms.matrix_sensing, {"U": U}, P.A, fast=False)
+    assert torch.allclose(ms.reg_closed_form(P.A, U), reg_generic, rtol=1e-12)
+    assert torch.allclose(ms.reg(P, U), reg_generic, rtol=1e-12)
+    Ul = U.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(nblib.implicit_regularizer(ms.matrix_sensing, {"U": Ul}, P.A, fast=False), Ul)
+    g = nblib.closed_form_of(ms.matrix_sensing).reg_grad({"U": U[None]}, P.A)["U"][0]
+    assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_metric_is_near_2_d_plus_1_identity():
+    """E (A + Aᵀ)² = 2(d+1)I; for finite n the deviation is within the semicircle edge (+ slack for finite d)."""
+    d, n = 8, 4000
+    P = ms.sensing_problem(d, 1, n, seed=2, dtype=DT)
+    dev = torch.linalg.matrix_norm(P.metric - 2 * (d + 1) * torch.eye(d, dtype=DT), ord=2) / (2 * (d + 1))
+    edge = math.sqrt(d * (4 * d + 8) / n) / (d + 1)
+    assert float(dev) < 1.5 * edge
+    U = random_U(d)
+    ratio = float(ms.reg(P, U) / ms.expected_reg(U))
+    assert abs(ratio - 1) <= float(dev) + 1e-12
+
+
+def test_run_sensing_matches_label_noise_sgd_full_and_minibatch():
+    P = small_problem(d=4, rank=1, n=20)
+    U0 = torch.eye(4, dtype=DT)
+    for B in (20, 5):
+        ref = nblib.label_noise_sgd(ms.matrix_sensing, {"U": U0}, P.A, P.y, lr=0.01, noise_std=0.5, steps=300,
+                                    chains=2, batch_size=B, seed=7, record_every=50, record_reg=True)
+        fast = ms.run_sensing(P, U0, lr=0.01, noise_std=[0.5, 0.5], steps=300, batch_size=B, seed=7,
+                              record_every=50)
+        assert torch.equal(ref.steps, fast.steps)
+        assert torch.allclose(ref.params["U"], fast.params["U"], rtol=1e-9, atol=1e-11)
+        assert torch.allclose(ref.loss, fast.loss, rtol=1e-8, atol=1e-12)
+        assert torch.allclose(ref.reg, fast.reg, rtol=1e-9)
+
+
+def test_run_sensing_with_lambda_matches_regularized_gd():
+    P = small_problem(d=4, rank=1, n=20)
+    U0 = torch.eye(4, dtype=DT)
+    ref = nblib.regularized_gd(ms.matrix_sensing, {"U": U0}, P.A, P.y, lr=0.01, lam=0.002, steps=200,
+                               record_every=50)
+    fast = ms.run_sensing(P, U0, lr=0.01, noise_std=0.0, lam=0.002, steps=200, record_every=50)
+    assert torch.allclose(ref.params["U"], fast.params["U"], rtol=1e-9, atol=1e-11)
+
+
+def test_per_chain_noise_levels_and_noise_off_tail():
+    P = small_problem(d=4, rank=1, n=20)
+    U0 = torch.eye(4, dtype=DT)
+    run = ms.run_sensing(P, U0, lr=0.01, noise_std=[0.0, 0.5], steps=100, seed=3, record_every=100)
+    plain = ms.run_sensing(P, U0, lr=0.01, noise_std=0.0, steps=100, seed=3, record_every=100)
+    assert torch.allclose(run.params["U"][:, 0], plain.params["U"][:, 0], rtol=1e-12)
+    assert not torch.allclose(run.params["U"][:, 1], plain.params["U"][:, 0])
+    off = ms.run_sensing(P, U0, lr=0.01, noise_std=0.5, steps=100, seed=3, record_every=100, noise_off_after=0)
+    assert torch.allclose(off.params["U"], plain.params["U"], rtol=1e-12)
+
+
+def test_ou_floor_is_lambda_reg_for_small_steps():
+    P = small_problem(d=6, rank=1, n=40)
+    U = random_U(6)
+    lr, sigma = 1e-6, 0.7
+    floor = ms.ou_train_floor(P, U, lr=lr, noise_std=sigma)
+    lam_reg = nblib.implicit_lambda(lr, sigma, P.n) * float(ms.reg(P, U))
+    assert abs(floor / lam_reg - 1) < 1e-3
+
+
+def test_spectrum_effective_rank_and_nuclear_norm():
+    Q, _ = torch.linalg.qr(random_U(6))
+    U = Q[:, :2] @ torch.eye(2, 6, dtype=DT)                         # UUᵀ = orthogonal projector of rank 2
+    assert torch.allclose(ms.spectrum(U)[:2], torch.ones(2, dtype=DT), atol=1e-12)
+    assert float(ms.spectrum(U)[2:].abs().max()) < 1e-12
+    assert abs(float(ms.effective_rank(U)) - 2) < 1e-9
+    assert abs(float(ms.nuclear_norm(U)) - 2) < 1e-12
+    P = small_problem()
+    assert float(ms.test_error(P, torch.cat([P.U_star, torch.zeros(P.d, P.d - P.rank, dtype=DT)], 1))) < 1e-12
+    assert float(ms.train_error(P, torch.cat([P.U_star, torch.zeros(P.d, P.d - P.rank, dtype=DT)], 1))) < 1e-24
+
+
+def test_bad_input_raises_value_error():
+    P = small_problem(d=4, rank=1, n=20)
+    U0 = torch.eye(4, dtype=DT)
+    with pytest.raises(ValueError, match="U0"):
+        ms.run_sensing(P, torch.eye(3, dtype=DT), lr=0.01, noise_std=0.1, steps=5)
+    with pytest.raises(ValueError, match="lr"):
+        ms.run_sensing(P, U0, lr=0.0, noise_std=0.1, steps=5)
+    with pytest.raises(ValueError, match="noise_std"):
+        ms.run_sensing(P, U0.expand(2, 4, 4), lr=0.01, noise_std=[0.1, 0.1, 0.1], steps=5)
+    with pytest.raises(ValueError, match="noise_std"):
+        ms.run_sensing(P, U0, lr=0.01, noise_std=-1.0, steps=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        ms.run_sensing(P, U0, lr=0.01, noise_std=0.1, steps=5, batch_size=21)
+    with pytest.raises(ValueError, match="NaN"):
+        ms.run_sensing(P, torch.full((4, 4), float("nan"), dtype=DT), lr=0.01, noise_std=0.1, steps=5)
+    with pytest.raises(ValueError, match="rank"):
+        ms.sensing_problem(3, 4, 10)
+    with pytest.raises(ValueError, match="shape"):
+        ms.sensing_metric(torch.zeros(3, 4, 5))
+    with pytest.raises(ValueError, match="stability"):
+        ms.ou_train_floor(P, 10 * U0, lr=10.0, noise_std=1.0)
+
+
+def test_divergence_names_the_learning_rate():
+    P = small_problem(d=4, rank=1, n=20)
+    with pytest.raises(nblib.DivergenceError, match="lr"):
+        ms.run_sensing(P, torch.eye(4, dtype=DT), lr=1.0, noise_std=1.0, steps=200, record_every=10)
