@@ -1,0 +1,146 @@
+"""Two-layer logistic/tanh on one point: closed forms against torch.func, the paper's R, the stationarity
+relations at the closed-form optimum, the exact unit-coordinate dynamics against nblib, clustering, errors."""
+import math
+
+import pytest
+import torch
+
+import nblib
+from nblib.one_point import (ACTIVATIONS, MODELS, count_clusters, cluster_diameter, init_params, label_noise_units,
+                             paper_R, predicted_optimum, reduced_r, regularized_gd_units, stationarity_residual,
+                             stationary_h, unit_pairs)
+
+DT = torch.float64
+
+
+def setup(activation, m=4, d=3, chains=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(d, generator=g, dtype=DT)
+    P = init_params(m, d, chains=chains, generator=g, dtype=DT, scale=1.5)
+    return MODELS[activation], P, x
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_closed_forms_match_torch_func(activation):
+    model, P, x = setup(activation)
+    X = torch.stack([x, 0.5 * x + 0.1])                     # two examples: the closed forms are general in n
+    fast = nblib.per_example_sq_grad_norms(model, P, X, stacked=True, fast=True)
+    slow = nblib.per_example_sq_grad_norms(model, P, X, stacked=True, fast=False)
+    assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    Pg = {k: v.clone().requires_grad_() for k, v in P.items()}
+    nblib.implicit_regularizer(model, Pg, X, stacked=True, fast=False).sum().backward()
+    rg = model.closed_form.reg_grad(P, X)
+    for k in P:
+        assert torch.allclose(rg[k], Pg[k].grad, rtol=1e-10, atol=1e-12)
+    Xb = X.expand(3, *X.shape)
+    r = torch.randn(3, 2, dtype=DT)
+    out = model.closed_form.forward(P, Xb)
+    for c in range(3):
+        single = {k: v[c].clone().requires_grad_() for k, v in P.items()}
+        vals = torch.stack([model(single, X[j]) for j in range(2)])
+        assert torch.allclose(out[c], vals.detach(), atol=1e-12)
+        (vals * r[c]).sum().backward()
+        vj = model.closed_form.vjp(P, Xb, r)
+        for k in P:
+            assert torch.allclose(vj[k][c], single[k].grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_reg_equals_paper_R(activation):
+    model, P, x = setup(activation, m=6, d=4, chains=5, seed=3)
+    reg = nblib.implicit_regularizer(model, P, x[None], stacked=True, fast=False)
+    c, h = unit_pairs(P, x, activation)
+    assert torch.allclose(paper_R(c, h, float(x @ x), activation), reg, rtol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_stationary_h_minimizes_R_at_fixed_output(activation):
+    a = 1.7
+    for o in (-2.0, -0.3, 0.2, 1.5):
+        h = torch.linspace(-0.999, 0.999, 200001, dtype=DT) if activation == "tanh" else \
+            torch.linspace(1e-6, 1 - 1e-6, 200001, dtype=DT)
+        h = h[h.abs() > 1e-3]
+        R = paper_R((o / h)[:, None], h[:, None], a, activation)
+        h_best = h[R.argmin()]
+        h_pred = stationary_h(torch.tensor(o, dtype=DT), a, activation)
+        assert abs(abs(float(h_best)) - abs(float(h_pred))) < 1e-4          # tanh: ±h give the same R
+        assert float(R.min()) == pytest.approx(float(reduced_r(torch.tensor(o, dtype=DT), a, activation)), abs=1e-7)
+        res = stationarity_residual(torch.tensor(o, dtype=DT) / h_pred, h_pred, a, activation)
+        assert abs(float(res)) < 1e-12
+
+
+def test_predicted_optimum_is_stationary_and_on_the_manifold():
+    for act, y, m in (("logistic", 3.0, 10), ("tanh", 1.0, 10), ("tanh", -2.0, 5)):
+        opt = predicted_optimum(y, m, 1.3, act)
+        assert opt["active"] * opt["c"] * opt["h"] == pytest.approx(y)
+        res = stationarity_residual(torch.tensor(opt["c"], dtype=DT), torch.tensor(opt["h"], dtype=DT), 1.3, act)
+        assert abs(float(res)) < 1e-12
+        c = torch.tensor([opt["c"]] * opt["active"], dtype=DT)
+        h = torch.tensor([opt["h"]] * opt["active"], dtype=DT)
+        assert float(paper_R(c, h, 1.3, act)) == pytest.approx(opt["R"])
+    # logistic: a small move along Σ o = y away from the symmetric point raises R (local minimum)
+    opt = predicted_optimum(3.0, 10, 1.0, "logistic")
+    o = torch.full((10,), opt["o"], dtype=DT)
+    o[0] += 0.01
+    o[1] -= 0.01
+    assert float(reduced_r(o, 1.0, "logistic").sum()) > opt["R"]
+    with pytest.raises(ValueError, match="1/3"):
+        predicted_optimum(10.0, 2, 1.0, "logistic")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_unit_dynamics_equal_nblib_label_noise_sgd(activation):
+    model, P, x = setup(activation, m=5, d=3, chains=4, seed=1)
+    y = 0.8
+    full = nblib.label_noise_sgd(model, P, x[None], torch.tensor([y], dtype=DT), lr=0.05, noise_std=0.7, steps=600,
+                                 stacked=True, seed=11, record_every=600, record_reg=False)
+    units = label_noise_units(activation, P["c"], P["W"] @ x, float(x @ x), y, lr=0.05, noise_std=0.7,
+                              steps=600, seed=11, record_every=600)
+    c_full, h_full = unit_pairs(full.final(), x, activation)
+    assert torch.allclose(units.c[-1], c_full, atol=1e-10)
+    assert torch.allclose(units.h(activation)[-1], h_full, atol=1e-10)
+    assert torch.allclose(units.loss[-1], full.loss[-1], atol=1e-10)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_unit_flow_equals_nblib_regularized_gd(activation):
+    model, P, x = setup(activation, m=5, d=3, chains=4, seed=2)
+    full = nblib.regularized_gd(model, P, x[None], torch.tensor([0.8], dtype=DT), lr=0.05, lam=0.1, steps=300,
+                                stacked=True, record_every=300, record_reg=False)
+    units = regularized_gd_units(activation, P["c"], P["W"] @ x, float(x @ x), 0.8, lr=0.05, lam=0.1, steps=300,
+                                 record_every=300)
+    c_full, h_full = unit_pairs(full.final(), x, activation)
+    assert torch.allclose(units.c[-1], c_full, atol=1e-10)
+    assert torch.allclose(units.h(activation)[-1], h_full, atol=1e-10)
+
+
+def test_count_clusters():
+    pts = torch.tensor([[[0.0, 0.0], [0.05, 0.0], [0.1, 0.0], [1.0, 1.0]],      # chain of links + one apart
+                        [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+                        [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]], dtype=DT)
+    assert count_clusters(pts, 0.06).tolist() == [2, 1, 4]
+    assert count_clusters(pts, 0.01).tolist() == [4, 1, 4]
+    assert count_clusters(pts, 1.0).tolist() == [2, 1, 1]
+    assert torch.allclose(cluster_diameter(pts, 0.06), torch.tensor([0.1, 0.0, 0.0], dtype=DT))
+
+
+def test_bad_input_raises():
+    model, P, x = setup("logistic")
+    with pytest.raises(ValueError, match="activation"):
+        unit_pairs(P, x, "relu")
+    with pytest.raises(ValueError, match="do not match"):
+        unit_pairs(P, torch.zeros(7, dtype=DT), "logistic")
+    with pytest.raises(ValueError, match="tol"):
+        count_clusters(torch.zeros(1, 2, 2), -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        count_clusters(torch.zeros(2, 2), 0.1)
+    with pytest.raises(ValueError, match="lr"):
+        label_noise_units("tanh", P["c"], P["W"] @ x, 1.0, 1.0, lr=0.0, noise_std=1.0, steps=3)
+    with pytest.raises(ValueError, match="NaN"):
+        label_noise_units("tanh", P["c"] * float("nan"), P["W"] @ x, 1.0, 1.0, lr=0.1, noise_std=1.0, steps=3)
+    with pytest.raises(ValueError, match="noise_std"):
+        label_noise_units("tanh", P["c"], P["W"] @ x, 1.0, 1.0, lr=0.1, noise_std=-1.0, steps=3)
+    with pytest.raises(ValueError, match="width"):
+        init_params(0, 3, chains=2)
+    with pytest.raises(FloatingPointError, match="lr"):
+        label_noise_units("logistic", P["c"], P["W"] @ x, 1.0, 1.0, lr=50.0, noise_std=5.0, steps=500)
