@@ -1,0 +1,127 @@
+"""Diagonal linear networks: GD and weight-normalized GD (polar coordinates), their invariants, the
+ρ = 1 limit, the exact baselines (basis pursuit, minimum-ℓ2 interpolant), and clear errors."""
+import pytest
+import torch
+
+from nblib.weight_norm import (basis_pursuit, critical_alpha, diagonal_net, effective_scale, gd, min_l2_interpolant,
+                               polar_step, relative_error, safe_lr, sparse_recovery_problem, wn_gd, wn_invariant)
+
+DT = torch.float64
+
+
+def problem(P=2, M=12, N=30, s=2):
+    return sparse_recovery_problem(M, N, s, range(P), dtype=DT)
+
+
+def test_problem_shapes_sparsity_and_consistency():
+    A, x, y = problem()
+    assert A.shape == (2, 12, 30) and x.shape == (2, 30) and y.shape == (2, 12)
+    assert ((x != 0).sum(-1) == 2).all()
+    assert torch.allclose(y, torch.einsum("pmn,pn->pm", A, x))
+
+
+def test_baselines_interpolate_and_are_minimal():
+    A, x, y = problem()
+    x1, x2 = basis_pursuit(A, y), min_l2_interpolant(A, y)
+    for z in (x1, x2):
+        assert torch.allclose(torch.einsum("pmn,pn->pm", A, z), y, atol=1e-8)
+    assert (x1.abs().sum(-1) <= x2.abs().sum(-1) + 1e-8).all()
+    assert (x2.norm(dim=-1) <= x1.norm(dim=-1) + 1e-10).all()
+    # any other interpolant (x2 + a null-space direction) has a larger ℓ2 norm
+    null = torch.linalg.svd(A[0]).Vh[-1]
+    assert (x2[0] + 0.1 * null).norm() > x2[0].norm()
+
+
+def test_effective_scale_is_alpha_at_init_and_invariant_formula():
+    u = torch.full((3, 5), 0.4, dtype=DT)
+    for L in (2, 3, 4):
+        assert torch.allclose(effective_scale(u, u, L), u)
+    I = wn_invariant(u, u, 2, torch.tensor([3.0, 3.0, 3.0], dtype=DT))
+    r = (2 * 5 * 0.16) ** 0.5
+    assert torch.allclose(I, torch.full_like(u, 0.4 * r ** 2))
+
+
+def test_plain_gd_depth2_uv_drift_vanishes_with_the_step():
+    """u'v' = uv(1 − 4η²g²): at a fixed time the drift of √(uv) is O(η)."""
+    A, x, y = problem()
+    lr = safe_lr(A, x, 0.3, 2)
+    a = gd(A, y, alpha=0.3, lr=lr, steps=300, record_every=300, stop_at_tol=False).drift[-1].max()
+    b = gd(A, y, alpha=0.3, lr=lr / 2, steps=600, record_every=600, stop_at_tol=False).drift[-1].max()
+    assert 1.8 < a / b < 2.2, (a, b)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_wn_invariant_drift_vanishes_with_the_step(depth):
+    """a_i r^{ρ−1} is conserved by the flow: the discrete drift at a fixed time halves with the step."""
+    A, x, y = problem()
+    lr = 0.3 * safe_lr(A, x, 0.2, depth)
+    a = wn_gd(A, y, alpha=0.2, depth=depth, lr=lr, ratio=5.0, steps=300, record_every=300, stop_at_tol=False)
+    b = wn_gd(A, y, alpha=0.2, depth=depth, lr=lr / 2, ratio=5.0, steps=600, record_every=600, stop_at_tol=False)
+    da, db = a.drift[-1].max(), b.drift[-1].max()
+    assert db < da and 1.6 < da / db < 2.5, (da, db)
+
+
+def test_ratio_one_reproduces_gd_to_first_order():
+    A, x, y = problem()
+    lr = safe_lr(A, x, 0.2, 2)
+    gaps = []
+    for k in (1, 2, 4):
+        g = gd(A, y, alpha=0.2, lr=lr / k, steps=200 * k, stop_at_tol=False)
+        w = wn_gd(A, y, alpha=0.2, lr=lr / k, ratio=1.0, steps=200 * k, stop_at_tol=False)
+        gaps.append(float((g.x - w.x).norm() / g.x.norm()))
+    assert gaps[0] < 1e-2
+    assert 1.6 < gaps[0] / gaps[1] < 2.5 and 1.6 < gaps[1] / gaps[2] < 2.5, gaps
+
+
+def test_single_polar_step_matches_gd_step_when_ratio_is_one():
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.rand(1, 1, 6, generator=g, dtype=DT) + 0.5, torch.rand(1, 1, 6, generator=g, dtype=DT) + 0.5
+    gu, gv = torch.randn(1, 1, 6, generator=g, dtype=DT), torch.randn(1, 1, 6, generator=g, dtype=DT)
+    for eta in (1e-3, 1e-4):
+        u2, v2 = polar_step(u, v, gu, gv, torch.tensor(eta, dtype=DT), torch.tensor(1.0, dtype=DT))
+        err = torch.cat([u2 - (u - eta * gu), v2 - (v - eta * gv)]).abs().max()
+        assert err < 10 * eta ** 2
+
+
+def test_batched_runs_are_independent():
+    A, x, y = problem(P=3)
+    alphas = torch.tensor([0.05, 0.2], dtype=DT)
+    lr = safe_lr(A, x, alphas, 2)
+    both = wn_gd(A, y, alpha=alphas, lr=0.3 * lr, ratio=4.0, steps=150, stop_at_tol=False)
+    one = wn_gd(A[1:2], y[1:2], alpha=0.2, lr=0.3 * lr[1:2, 1:2], ratio=4.0, steps=150, stop_at_tol=False)
+    assert torch.allclose(both.x[1, 1], one.x[0, 0], atol=1e-12)
+
+
+def test_small_alpha_gd_approaches_min_l1_and_large_alpha_min_l2():
+    A, x, y = problem(P=2, M=15, N=30, s=2)
+    alphas = torch.tensor([0.01, 3.0], dtype=DT)
+    run = gd(A, y, alpha=alphas, lr=safe_lr(A, x, alphas, 2), steps=20000, tol=1e-14)
+    x1, x2 = basis_pursuit(A, y), min_l2_interpolant(A, y)
+    assert (relative_error(run.x[:, 0], x1) < 0.5 * relative_error(run.x[:, 0], x2)).all()
+    assert (relative_error(run.x[:, 1], x2) < 0.5 * relative_error(run.x[:, 1], x1)).all()
+    assert (run.steps_to_tol[:, 1] > 0).all()
+
+
+def test_critical_alpha_and_net():
+    x = torch.tensor([[4.0, 0.0, -1.0, 0.0]], dtype=DT)
+    assert torch.allclose(critical_alpha(x, 4, 2), torch.tensor([(5 / 8) ** 0.5], dtype=DT))
+    u, v = torch.tensor([2.0], dtype=DT), torch.tensor([1.0], dtype=DT)
+    assert float(diagonal_net(u, v, 3)) == 7.0
+
+
+def test_errors_are_clear():
+    A, x, y = problem()
+    with pytest.raises(ValueError, match="depth"):
+        gd(A, y, alpha=0.1, depth=1, lr=0.01, steps=10)
+    with pytest.raises(ValueError, match="lr"):
+        gd(A, y, alpha=0.1, lr=-1.0, steps=10)
+    with pytest.raises(ValueError, match="alpha"):
+        gd(A, y, alpha=float("nan"), lr=0.01, steps=10)
+    with pytest.raises(ValueError, match="do not match"):
+        gd(A, y[:, :5], alpha=0.1, lr=0.01, steps=10)
+    with pytest.raises(ValueError, match="steps"):
+        wn_gd(A, y, alpha=0.1, lr=0.01, ratio=2.0, steps=0)
+    with pytest.raises(ValueError, match="sparsity"):
+        sparse_recovery_problem(5, 10, 11, [0])
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        gd(A, y, alpha=1.0, lr=50.0, steps=200)
