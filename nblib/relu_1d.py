@@ -1,0 +1,415 @@
+"""Two-layer ReLU networks on one-dimensional data (Blanc et al. 2020, Theorem 2, Figs. 2–3).
+
+    f_θ(x) = Σ_i c_i σ(a_i x + b_i) + a0·x + b0,    σ = ReLU
+
+(``nblib.models.two_layer_relu``). Unit i has its kink at x = −b_i/a_i, where the slope of f jumps by
+c_i·|a_i|. So f'' is the measure Σ_i c_i |a_i| δ(x + b_i/a_i), and everything the chapter counts about the
+shape of a fit (kinks, convexity changes) is read off the parameters exactly, without finite differences.
+
+The paper's regularizer for this model (ReLU'(0) taken as 0) is
+
+    R = Σ_{i,j} [σ(a_i x_j + b_i)² + c_i²(1 + x_j²)·1{a_i x_j + b_i > 0}] + Σ_j (1 + x_j²),
+
+and nblib's reg = R/n (``paper_R`` computes R independently of nblib's closed form).
+
+Also here: the data of the chapter, the shape measurements (curve length, deviation from a line,
+convexity changes forced by the data), the model with layers frozen per chain (``masked_relu``, with its
+own closed form so that label-noise SGD takes the fast batched path) and a Gauss–Newton projection onto
+the zero-error manifold (``project_to_interpolant``) that removes the normal fluctuation of a noisy iterate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .models import _relu_forward, _relu_pre, two_layer_relu
+from .regularizer import with_closed_form
+
+PARAM_NAMES = ("a", "b", "c", "a0", "b0")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _as_1d(values, name: str, dtype=None) -> torch.Tensor:
+    if dtype is None:
+        is_float = isinstance(values, torch.Tensor) and values.is_floating_point()
+        dtype = values.dtype if is_float else torch.get_default_dtype()
+    t = torch.as_tensor(values, dtype=dtype)
+    if t.ndim != 1 or t.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def _check_data(X, y) -> tuple[torch.Tensor, torch.Tensor]:
+    X = _as_1d(X, "X")
+    y = _as_1d(y, "y", dtype=X.dtype)
+    if X.shape != y.shape:
+        raise ValueError(f"X has {X.shape[0]} points but y has {y.shape[0]}; they must match")
+    if X.shape[0] < 2:
+        raise ValueError(f"need at least 2 data points, got {X.shape[0]}")
+    if not bool((X.diff() > 0).all()):
+        raise ValueError("X must be strictly increasing (sort the data by x)")
+    return X, y
+
+
+def _check_stacked(params: dict) -> int:
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict of tensors, got {type(params).__name__}")
+    missing = [k for k in PARAM_NAMES if k not in params]
+    if missing:
+        raise ValueError(f"params lack {missing}; a two-layer ReLU needs {list(PARAM_NAMES)}")
+    a = params["a"]
+    if a.ndim != 2:
+        raise ValueError(f"expected stacked params (a of shape [chains, width]), got a of shape {tuple(a.shape)}")
+    C, m = a.shape
+    for k in ("b", "c"):
+        if tuple(params[k].shape) != (C, m):
+            raise ValueError(f"params[{k!r}] has shape {tuple(params[k].shape)}, expected {(C, m)}")
+    for k in ("a0", "b0"):
+        if tuple(params[k].shape) != (C,):
+            raise ValueError(f"params[{k!r}] has shape {tuple(params[k].shape)}, expected {(C,)}")
+    return C
+
+
+# ----------------------------------------------------------------------------- the data
+
+def chapter_data(dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chapter's 12 training points, x equally spaced on [−1.1, 1.1] (spacing 0.2).
+
+    Slopes of the polyline through them: 0.5, 0.5, 0.5, 2, 0, −2, −0.5, 1.5, 0.5, 0.5, 0.5. So points
+    0–3 and 8–11 are two runs of four collinear points (slope 0.5), and the slope changes
+    (+1.5, −2, −2, +1.5, +2, −1) force three changes of convexity (convex, concave, convex, concave).
+    y is centred to mean 0.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    h = 0.2
+    X = torch.linspace(-1.1, 1.1, 12, dtype=dtype)
+    slopes = torch.tensor([0.5, 0.5, 0.5, 2.0, 0.0, -2.0, -0.5, 1.5, 0.5, 0.5, 0.5], dtype=dtype)
+    y = torch.cat([torch.zeros(1, dtype=dtype), torch.cumsum(slopes * h, 0)])
+    return X, y - y.mean()
+
+
+def polyline_slopes(X, y) -> torch.Tensor:
+    """[n − 1]: s_k = (y_{k+1} − y_k)/(x_{k+1} − x_k)."""
+    X, y = _check_data(X, y)
+    return y.diff() / X.diff()
+
+
+def _slope_tol(s: torch.Tensor) -> float:
+    """Slopes closer than this count as equal: a few ulps of the data's dtype, relative to the slopes."""
+    return 100 * torch.finfo(s.dtype).eps * (1 + float(s.abs().max()))
+
+
+def collinear_runs(X, y, *, tol: float | None = None) -> list[tuple[int, int]]:
+    """Maximal runs (first, last) of ≥ 3 consecutive points on one line (equal consecutive slopes within tol)."""
+    s = polyline_slopes(X, y)
+    tol = _slope_tol(s) if tol is None else tol
+    runs, start = [], 0
+    for k in range(1, len(s) + 1):
+        if k == len(s) or abs(float(s[k] - s[k - 1])) > tol:
+            if k - start >= 2:                      # slopes start..k−1 equal: points start..k
+                runs.append((start, k))
+            start = k
+    return runs
+
+
+def _sign_changes(values: torch.Tensor) -> int:
+    signs = torch.sign(values[values != 0])
+    return int((signs[1:] != signs[:-1]).sum()) if signs.numel() > 1 else 0
+
+
+def min_convexity_changes(X, y, *, tol: float | None = None) -> int:
+    """The fewest changes of convexity any interpolant of the data can have on (x_1, x_n).
+
+    The slope changes d_k = s_{k+1} − s_k of the polyline: an interpolant must be strictly convex
+    somewhere on (x_k, x_{k+2}) if d_k > 0 and strictly concave if d_k < 0, so it changes convexity at
+    least as often as the nonzero d_k change sign; the polyline itself attains that number.
+    """
+    s = polyline_slopes(X, y)
+    tol = _slope_tol(s) if tol is None else tol
+    d = s.diff()
+    d = torch.where(d.abs() > tol, d, torch.zeros_like(d))
+    return _sign_changes(d)
+
+
+def polyline_length(X, y) -> float:
+    """Length of the polyline through the points: the shortest curve through them over [x_1, x_n]."""
+    X, y = _check_data(X, y)
+    return float(torch.sqrt(X.diff() ** 2 + y.diff() ** 2).sum())
+
+
+# ----------------------------------------------------------------------------- a fit's shape
+
+def evaluate(params: dict, x) -> torch.Tensor:
+    """[C, G]: f_θ(x_g) for stacked params ({name: [C, ...]}) on the points x ([G])."""
+    C = _check_stacked(params)
+    x = _as_1d(x, "x", dtype=params["a"].dtype)
+    with torch.no_grad():
+        return _relu_forward(params, x.expand(C, -1))
+
+
+def curve_length(params: dict, lo: float, hi: float, *, points: int = 4001) -> torch.Tensor:
+    """[C]: length of the graph of f_θ over [lo, hi], ∫ √(1 + f'²) dx, exact up to kinks closer than the grid."""
+    if not hi > lo:
+        raise ValueError(f"need lo < hi, got lo={lo}, hi={hi}")
+    x = torch.linspace(lo, hi, points, dtype=params["a"].dtype)
+    f = evaluate(params, x)
+    return torch.sqrt(x.diff() ** 2 + f.diff(dim=1) ** 2).sum(1)
+
+
+def line_deviation(params: dict, X, y, run: tuple[int, int], *, points: int = 1001) -> torch.Tensor:
+    """[C]: max |f_θ(x) − ℓ(x)| over [x_first, x_last] of a run of collinear points, ℓ their line."""
+    X, y = _check_data(X, y)
+    i, j = run
+    if not (0 <= i < j < X.shape[0]):
+        raise ValueError(f"run {run} is not a pair of point indices first < last within 0..{X.shape[0] - 1}")
+    x = torch.linspace(float(X[i]), float(X[j]), points, dtype=params["a"].dtype)
+    slope = (y[j] - y[i]) / (X[j] - X[i])
+    line = y[i] + slope * (x - X[i])
+    return (evaluate(params, x) - line).abs().max(1).values
+
+
+def kink_masses(params: dict, lo: float, hi: float, *, bins: int) -> torch.Tensor:
+    """[C, bins]: the slope change of f_θ in each of ``bins`` equal bins of [lo, hi].
+
+    f'' = Σ_i c_i |a_i| δ(x − k_i), k_i = −b_i/a_i, so the slope change in a bin is the sum of c_i|a_i|
+    over the units whose kink lies in it (units with a_i = 0 have no kink).
+    """
+    C = _check_stacked(params)
+    bins = int(bins)
+    if bins < 1 or not hi > lo:
+        raise ValueError(f"need bins >= 1 and lo < hi, got bins={bins}, lo={lo}, hi={hi}")
+    a, b, c = params["a"], params["b"], params["c"]
+    has_kink = a != 0
+    k = torch.where(has_kink, -b / torch.where(has_kink, a, torch.ones_like(a)), torch.full_like(a, -math.inf))
+    inside = has_kink & (k >= lo) & (k < hi)
+    idx = ((k - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
+    jump = torch.where(inside, c * a.abs(), torch.zeros_like(a))
+    out = torch.zeros(C, bins, dtype=a.dtype)
+    return out.scatter_add_(1, idx, jump)
+
+
+def convexity_changes(params: dict, lo: float, hi: float, *, bins: int, threshold: float) -> torch.Tensor:
+    """[C]: changes of convexity of f_θ on [lo, hi]: sign changes of the binned slope changes.
+
+    Bins whose slope change is at most ``threshold`` in size are treated as straight (their kinks are too
+    small to matter); the count is the number of sign changes along the remaining bins.
+    """
+    m = kink_masses(params, lo, hi, bins=bins)
+    m = torch.where(m.abs() > threshold, m, torch.zeros_like(m))
+    return torch.tensor([_sign_changes(row) for row in m])
+
+
+def kink_count(params: dict, lo: float, hi: float, *, bins: int, threshold: float) -> torch.Tensor:
+    """[C]: number of bins of [lo, hi] in which the slope of f_θ changes by more than ``threshold``."""
+    m = kink_masses(params, lo, hi, bins=bins)
+    return (m.abs() > threshold).sum(1)
+
+
+# ----------------------------------------------------------------------------- the paper's R
+
+def paper_R(params: dict, X) -> torch.Tensor:
+    """[C]: R = Σ_{i,j} [σ(a_i x_j + b_i)² + c_i²(1 + x_j²)·1{a_i x_j + b_i > 0}] + Σ_j (1 + x_j²).
+
+    Written from the paper's formula with plain loops over data points (no nblib closed form), so that it
+    can be compared with nblib's reg = (1/n) Σ_j ‖∇_θ f(x_j)‖² (expected: reg = R/n).
+    """
+    _check_stacked(params)
+    X = _as_1d(X, "X", dtype=params["a"].dtype)
+    a, b, c = params["a"], params["b"], params["c"]
+    total = torch.zeros(a.shape[0], dtype=a.dtype)
+    for x in X:
+        pre = a * x + b
+        total = total + (torch.relu(pre) ** 2 + c ** 2 * (1 + x ** 2) * (pre > 0)).sum(1) + (1 + x ** 2)
+    return total
+
+
+# ----------------------------------------------------------------------------- initialization
+
+def init_chains(width: int, chains: int, *, scale_ab: float, scale_c: float, seed: int = 0,
+                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Stacked params for ``chains`` independent initializations: a_i, b_i ~ N(0, scale_ab²),
+    c_i ~ N(0, scale_c²), a0 = b0 = 0."""
+    if not (isinstance(width, int) and width >= 1 and isinstance(chains, int) and chains >= 1):
+        raise ValueError(f"width and chains must be positive integers, got {width!r}, {chains!r}")
+    if not (scale_ab > 0 and scale_c > 0):
+        raise ValueError(f"scales must be positive, got scale_ab={scale_ab}, scale_c={scale_c}")
+    dtype = dtype or torch.get_default_dtype()
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "a": scale_ab * torch.randn(chains, width, generator=g, dtype=dtype),
+        "b": scale_ab * torch.randn(chains, width, generator=g, dtype=dtype),
+        "c": scale_c * torch.randn(chains, width, generator=g, dtype=dtype),
+        "a0": torch.zeros(chains, dtype=dtype),
+        "b0": torch.zeros(chains, dtype=dtype),
+    }
+
+
+# ----------------------------------------------------------------------------- layers frozen per chain
+
+def _masked(P: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C, 1] masks: t_in (inner layer a, b trainable) and t_out (outer layer c trainable)."""
+    return P["t_in"][:, None], P["t_out"][:, None]
+
+
+def masked_relu(params: dict, x: torch.Tensor) -> torch.Tensor:
+    """f_θ(x) = Σ_i c_i σ(a_i x + b_i) + a0·x + b0, with layers frozen by the masks in ``params``.
+
+    params: a, b, c [m]; a0, b0 []; t_in, t_out [] in {0, 1}: t_in = 0 freezes the inner layer (a, b),
+    t_out = 0 the outer layer (c). The value of f does not depend on the masks; its gradient is
+    ∇_{a,b} f · t_in, ∇_c f · t_out, and 0 for the masks themselves (a frozen tensor enters as
+    t·θ + (1 − t)·detach(θ)). So label-noise SGD leaves frozen layers and masks where they are, and every
+    chain of one batched run can have its own choice of trainable layers. a0, b0 are always trainable.
+    """
+    t_in, t_out = params["t_in"], params["t_out"]
+
+    def part(theta, t):
+        return t * theta + (1 - t) * theta.detach()
+
+    return two_layer_relu({"a": part(params["a"], t_in), "b": part(params["b"], t_in),
+                           "c": part(params["c"], t_out), "a0": params["a0"], "b0": params["b0"]}, x)
+
+
+def _masked_vjp(P, Xb, r):
+    pre = _relu_pre(P, Xb)
+    on = (pre > 0).to(pre.dtype)
+    t_in, t_out = _masked(P)
+    rr = r.unsqueeze(1)                                             # [C, 1, B]
+    return {
+        "a": t_in * P["c"] * torch.bmm((r * Xb).unsqueeze(1), on).squeeze(1),
+        "b": t_in * P["c"] * torch.bmm(rr, on).squeeze(1),
+        "c": t_out * torch.bmm(rr, torch.relu(pre)).squeeze(1),
+        "a0": (r * Xb).sum(1), "b0": r.sum(1),
+        "t_in": torch.zeros_like(P["t_in"]), "t_out": torch.zeros_like(P["t_out"]),
+    }
+
+
+def _masked_sq_grad_norms(P, X):
+    """‖∇f(x_j)‖² = t_out² Σ_i σ(a_i x_j + b_i)² + t_in² Σ_i c_i²(1 + x_j²)·1{a_i x_j + b_i > 0} + (1 + x_j²)."""
+    C = P["a"].shape[0]
+    pre = _relu_pre(P, X.expand(C, -1))
+    on = (pre > 0).to(pre.dtype)
+    one_x2 = 1 + X ** 2
+    t_in, t_out = _masked(P)
+    return (t_out ** 2 * (torch.relu(pre) ** 2).sum(-1)
+            + t_in ** 2 * one_x2 * torch.bmm(on, (P["c"] ** 2).unsqueeze(2)).squeeze(2) + one_x2)
+
+
+def _masked_reg_grad(P, X):
+    """∇ of reg over the trainable tensors (frozen ones and masks get 0)."""
+    C, n = P["a"].shape[0], X.shape[0]
+    pre = _relu_pre(P, X.expand(C, -1))
+    act, on = torch.relu(pre), (pre > 0).to(pre.dtype)
+    t_in, t_out = _masked(P)
+    one_x2 = (1 + X ** 2).expand(C, 1, n)
+    zeros = torch.zeros_like(P["a0"])
+    return {
+        "a": t_in * t_out ** 2 * (2.0 / n) * torch.bmm(X.expand(C, 1, n), act).squeeze(1),
+        "b": t_in * t_out ** 2 * (2.0 / n) * act.sum(1),
+        "c": t_out * t_in ** 2 * (2.0 / n) * P["c"] * torch.bmm(one_x2, on).squeeze(1),
+        "a0": zeros, "b0": zeros.clone(), "t_in": zeros.clone(), "t_out": zeros.clone(),
+    }
+
+
+with_closed_form(masked_relu, forward=_relu_forward, vjp=_masked_vjp, sq_grad_norms=_masked_sq_grad_norms,
+                 reg_grad=_masked_reg_grad)
+
+
+def with_trainable(params: dict, t_in, t_out) -> dict[str, torch.Tensor]:
+    """Stacked params for ``masked_relu``: a copy of ``params`` plus per-chain masks t_in, t_out ([C], 0 or 1)."""
+    C = _check_stacked(params)
+    dtype = params["a"].dtype
+    out = {k: params[k].clone() for k in PARAM_NAMES}
+    for name, t in (("t_in", t_in), ("t_out", t_out)):
+        t = torch.as_tensor(t, dtype=dtype).expand(C).clone()
+        if not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError(f"{name} must hold 0 (frozen) or 1 (trainable) per chain, got {t.tolist()}")
+        out[name] = t
+    return out
+
+
+def jacobian(params: dict, X) -> torch.Tensor:
+    """[C, n, 3m + 2]: ∇_θ f(x_j) for every chain and data point, over (a, b, c, a0, b0), masks applied."""
+    C = _check_stacked(params)
+    X = _as_1d(X, "X", dtype=params["a"].dtype)
+    pre = _relu_pre(params, X.expand(C, -1))                       # [C, n, m]
+    on = (pre > 0).to(pre.dtype)
+    t_in = params.get("t_in", torch.ones(C, dtype=pre.dtype))[:, None, None]
+    t_out = params.get("t_out", torch.ones(C, dtype=pre.dtype))[:, None, None]
+    c = params["c"][:, None, :]
+    xs = X[None, :, None].expand(C, -1, 1)
+    return torch.cat([t_in * c * xs * on, t_in * c * on, t_out * torch.relu(pre), xs, torch.ones_like(xs)], 2)
+
+
+def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 1e-12) -> dict[str, torch.Tensor]:
+    """The nearby zero-error point, by Levenberg–Marquardt steps θ ← θ − Jᵀ(JJᵀ + μI)⁻¹(f(X) − y).
+
+    Each step is the smallest change of the trainable tensors that removes the linearized residual,
+    damped by μ (per chain: divided by 3 after a step that lowers the squared error, multiplied by 4 and
+    the step refused otherwise), because a ReLU pattern can change within a step and JJᵀ is badly
+    conditioned. From a point O(ε) off the zero-error manifold this lands on it (mean squared error
+    below ``tol``) after moving O(ε): it removes the normal fluctuation of a label-noise iterate and
+    keeps its position along the manifold to first order. Runs in float64; returns the input dtype.
+    """
+    C = _check_stacked(params)
+    X, y = _check_data(X, y)
+    dtype = params["a"].dtype
+    P = {k: v.detach().to(torch.float64).clone() for k, v in params.items()}
+    X, y = X.to(torch.float64), y.to(torch.float64)
+    XC, n, m = X.expand(C, -1), X.shape[0], P["a"].shape[1]
+    eye = torch.eye(n, dtype=torch.float64)
+
+    def error(Q):
+        return torch.nan_to_num((_relu_forward(Q, XC) - y).pow(2).mean(1), nan=math.inf)
+
+    err = error(P)
+    J = jacobian(P, X)
+    mu = 1e-3 * torch.diagonal(J @ J.transpose(1, 2), dim1=1, dim2=2).mean(1)
+    for _ in range(int(iters)):
+        if bool((err <= tol).all()):
+            break
+        r = _relu_forward(P, XC) - y
+        J = jacobian(P, X)
+        K = J @ J.transpose(1, 2) + mu[:, None, None] * eye
+        step = (J.transpose(1, 2) @ torch.linalg.solve(K, r.unsqueeze(2))).squeeze(2)
+        parts = {"a": step[:, :m], "b": step[:, m:2 * m], "c": step[:, 2 * m:3 * m],
+                 "a0": step[:, 3 * m], "b0": step[:, 3 * m + 1]}
+        Q = dict(P)
+        for k, d in parts.items():
+            Q[k] = P[k] - d
+        new = error(Q)
+        ok = (new < err) & (err > tol)
+        for k in parts:
+            keep = ok if P[k].ndim == 1 else ok[:, None]
+            P[k] = torch.where(keep, Q[k], P[k])
+        err = torch.where(ok, new, err)
+        mu = torch.where(ok, mu / 3, mu * 4)
+    return {k: v.to(dtype) for k, v in _solve_outer_layer(P, X, y, tol).items()}
+
+
+def _solve_outer_layer(P: dict, X: torch.Tensor, y: torch.Tensor, tol: float) -> dict[str, torch.Tensor]:
+    """Last step: the exact min-norm change of (c, a0, b0) that zeroes the residual (f is linear in them).
+
+    Where a ReLU pattern flips at a data point the Levenberg–Marquardt steps can stall at a tiny residual;
+    this removes it without moving any kink. Skipped for a chain already within ``tol`` or whose fit gets worse.
+    """
+    C, m = P["a"].shape
+    XC = X.expand(C, -1)
+    r = _relu_forward(P, XC) - y
+    J = jacobian(P, X)[:, :, 2 * m:]                               # columns of c, a0, b0
+    K = J @ J.transpose(1, 2)
+    K = K + 1e-13 * torch.diagonal(K, dim1=1, dim2=2).mean(1)[:, None, None] * torch.eye(len(X), dtype=K.dtype)
+    step = (J.transpose(1, 2) @ torch.linalg.solve(K, r.unsqueeze(2))).squeeze(2)
+    Q = dict(P, c=P["c"] - step[:, :m], a0=P["a0"] - step[:, m], b0=P["b0"] - step[:, m + 1])
+    err = r.pow(2).mean(1)
+    better = ((_relu_forward(Q, XC) - y).pow(2).mean(1) < err) & (err > tol)
+    return {k: torch.where(better if v.ndim == 1 else better[:, None], Q[k], v) if k in ("c", "a0", "b0") else v
+            for k, v in P.items()}
+
+
+def flatten_records(traj_params: dict) -> dict[str, torch.Tensor]:
+    """{name: [T, C, ...]} -> {name: [T·C, ...]}: every record of every chain as one stacked batch."""
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in traj_params.items()}
