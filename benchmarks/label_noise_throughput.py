@@ -1,96 +1,199 @@
-"""Label-noise SGD throughput on the two-layer ReLU net (width 1000, 16 points), side by side.
+"""Label-noise SGD throughput on each chapter's model: nblib against the standard loop, side by side.
 
     python benchmarks/label_noise_throughput.py [--quick]
 
-Measures chain-steps per second (one SGD step of one chain = one chain-step) of
-  1. the standard loop: nn.Module + optim.SGD, one chain, one step at a time (the baseline);
-  2. nblib.label_noise_sgd, generic torch.func path (the tested reference), many chains;
-  3. nblib.label_noise_sgd, closed-form batched step, eager;
-  4. nblib.label_noise_sgd, closed-form batched step fused with torch.compile;
-and prints each as a ratio to the baseline (machines are noisy: ratios travel, absolute numbers do not).
-Batch size 1 (the paper's SGD: one example per step), Gaussian label noise, float32.
+For every model a Part I chapter runs label-noise SGD on, measures chain-steps per second (one SGD
+step of one chain = one chain-step) of
+  * the standard loop: nn.Module + optim.SGD, one chain, fresh label noise every step (the baseline);
+  * nblib.label_noise_sgd, generic torch.func path (the tested reference), many chains;
+  * nblib's closed-form batched step, eager;
+  * the same step fused with torch.compile (where a C++ compiler is present; otherwise the row is skipped);
+and reports each as a ratio to the baseline re-measured next to it (the baseline at its faster thread
+setting, one thread or all; nblib's runs on all cores) (machines are noisy: ratios travel,
+absolute numbers do not). Each chapter's own settings (width, points, batch size, dtype, lr, σ).
 Writes benchmarks/results/label_noise_throughput.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import torch
 
 import nblib
-from nblib.models import init_two_layer_relu, two_layer_relu
+from nblib import matrix_sensing as ms
+from nblib.models import init_two_layer_relu, product, two_layer_relu
+from nblib.one_point import MODELS, init_params
 
-WIDTH, N, LR, NOISE = 1000, 16, 1e-3, 0.1
-
-
-def data():
-    X = torch.linspace(-1, 1, N)
-    return X, torch.sin(3 * X)
+from _common import RESULTS, TwoLayerReLU, machine
 
 
-def standard_loop(steps: int) -> float:
-    """The loop people write: nn.Module, optim.SGD, fresh label noise on one random example per step."""
+# ----------------------------------------------------------------------------- the chapters' settings
+
+def theorem_case():
+    X = torch.tensor([0.8, 1.0, 1.2])
+    params = {"a": torch.tensor(2.0), "b": torch.tensor(0.5)}
+    module = lambda: _Product(params)                                           # noqa: E731
+    return dict(model=product, params=params, X=X, y=X.clone(), lr=0.01, noise_std=1.0, batch_size=1,
+                module=module, about="h = a·b·x, 3 points, batch 1, η = 0.01, σ = 1 (theorem chapter)")
+
+
+def relu_case(width, n, batch_size, lr, noise_std, about):
+    X = torch.linspace(-1, 1, n)
+    y = torch.sin(3 * X)
+    params = init_two_layer_relu(width, scale=0.32 if width == 100 else 1.0, generator=torch.Generator().manual_seed(0))
+    return dict(model=two_layer_relu, params=params, X=X, y=y, lr=lr, noise_std=noise_std, batch_size=batch_size,
+                module=lambda: _TwoLayerReLU(params), about=about)
+
+
+def one_point_case():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, generator=g)
+    x = x / x.norm()
+    params = {k: v[0].float() for k, v in init_params(10, 5, chains=1, generator=g).items()}
+    return dict(model=MODELS["tanh"], params=params, X=x[None], y=torch.tensor([1.0]), lr=0.1, noise_std=1.0,
+                batch_size=1, module=lambda: _TanhNet(params),
+                about="tanh net, m = 10, d = 5, one point, η = 0.1, σ = 1 (one-point chapter)")
+
+
+class _Product(torch.nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(p["a"].clone()), torch.nn.Parameter(p["b"].clone())
+
+    def forward(self, x):
+        return self.a * self.b * x
+
+
+class _TwoLayerReLU(TwoLayerReLU):
+    def forward(self, x):                 # x: [B] scalars
+        return super().forward(x[:, None])[:, 0]
+
+
+class _TanhNet(torch.nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.W, self.c = torch.nn.Parameter(p["W"].clone()), torch.nn.Parameter(p["c"].clone())
+
+    def forward(self, x):
+        return torch.tanh(x @ self.W.T) @ self.c
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def standard_loop(case, steps: int) -> float:
+    """The baseline at its best: the faster of one torch thread and all of them (tiny models run faster
+    on one thread; the loop is overhead-bound)."""
+    threads = torch.get_num_threads()
+    rates = []
+    for t in sorted({1, threads}):
+        torch.set_num_threads(t)
+        rates.append(_standard_loop(case, steps))
+    torch.set_num_threads(threads)
+    return max(rates)
+
+
+def _standard_loop(case, steps: int) -> float:
+    """The loop people write: nn.Module, optim.SGD, fresh label noise on a random minibatch each step."""
     torch.manual_seed(0)
-    X, y = data()
-    net = torch.nn.Sequential(torch.nn.Linear(1, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, 1))
-    skip = torch.nn.Linear(1, 1)
-    opt = torch.optim.SGD(list(net.parameters()) + list(skip.parameters()), lr=LR)
+    X, y, B = case["X"], case["y"], case["batch_size"]
+    net = case["module"]()
+    opt = torch.optim.SGD(net.parameters(), lr=case["lr"])
     start = time.perf_counter()
     for _ in range(steps):
-        i = torch.randint(N, (1,))
-        x = X[i, None]
-        target = y[i] + NOISE * torch.randn(1)
+        i = torch.randint(len(X), (B,))
+        target = y[i] + case["noise_std"] * torch.randn(B)
         opt.zero_grad()
-        loss = ((net(x) + skip(x)).squeeze(-1) - target).pow(2).mean()
+        loss = (net(X[i]) - target).pow(2).mean()
         loss.backward()
         opt.step()
     return steps / (time.perf_counter() - start)
 
 
-def nblib_run(chains: int, steps: int, *, fast: bool, compile: bool) -> float:
-    X, y = data()
-    params = init_two_layer_relu(WIDTH, generator=torch.Generator().manual_seed(0))
-    kw = dict(lr=LR, noise_std=NOISE, chains=chains, seed=0, record_reg=False, fast=fast, compile=compile)
+def nblib_run(case, chains: int, steps: int, *, fast: bool, compile: bool) -> float:
+    kw = dict(lr=case["lr"], noise_std=case["noise_std"], batch_size=case["batch_size"], chains=chains, seed=0,
+              record_reg=False, fast=fast, compile=compile)
+    args = (case["model"], case["params"], case["X"], case["y"])
     if compile:   # compile once (same shapes and lr) before timing
-        nblib.label_noise_sgd(two_layer_relu, params, X, y, steps=300, record_every=300, **kw)
+        nblib.label_noise_sgd(*args, steps=300, record_every=300, **kw)
     start = time.perf_counter()
-    nblib.label_noise_sgd(two_layer_relu, params, X, y, steps=steps, record_every=steps, **kw)
+    nblib.label_noise_sgd(*args, steps=steps, record_every=steps, **kw)
     return chains * steps / (time.perf_counter() - start)
+
+
+def sensing_rows(scale):
+    """Matrix sensing (d = 40, r = 2, n = 400, full batch): the chapter's ms.run_sensing vs the standard loop."""
+    d, rank, n = 40, 2, 400
+    problem = ms.sensing_problem(d, rank, n, seed=0, dtype=torch.float32)
+    lr, sigma = 0.03, 1.0
+    torch.manual_seed(0)
+    U = torch.nn.Parameter(torch.eye(d))
+    opt = torch.optim.SGD([U], lr=lr)
+    steps = max(20, int(300 * scale))
+    start = time.perf_counter()
+    for _ in range(steps):
+        target = problem.y + sigma * torch.randn(n)
+        opt.zero_grad()
+        loss = ((problem.A * (U @ U.T)).sum((-2, -1)) - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+    base = steps / (time.perf_counter() - start)
+    chains, nsteps = 8, max(20, int(600 * scale))
+    start = time.perf_counter()
+    ms.run_sensing(problem, torch.eye(d), lr=lr, noise_std=[sigma] * chains, steps=nsteps, record_every=nsteps)
+    fast = chains * nsteps / (time.perf_counter() - start)
+    about = f"matrix sensing d = {d}, r = {rank}, n = {n}, full batch, η = {lr}, σ = {sigma} (matrix-sensing chapter)"
+    return [row("matrix sensing", about, "standard loop (nn.Module + optim.SGD)", 1, base, base),
+            row("matrix sensing", about, "nblib.matrix_sensing.run_sensing (closed form)", chains, fast, base)]
+
+
+def row(model, about, method, chains, rate, base):
+    return dict(model=model, about=about, method=method, chains=chains, chain_steps_per_s=rate,
+                ratio_to_standard=rate / base)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, noisier numbers)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads for nblib's runs (default: torch's default, all cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     scale = 0.2 if args.quick else 1.0
+    cases = {
+        "product a·b·x": theorem_case(),
+        "two-layer ReLU (chapter)": relu_case(100, 12, 12, 0.05, 0.2,
+                                              "width 100, 12 points, full batch, η = 0.05, σ = 0.2 (ReLU chapter)"),
+        "two-layer ReLU, width 1000": relu_case(1000, 16, 1, 1e-3, 0.1, "width 1000, 16 points, batch 1 (issue 2 target)"),
+        "tanh, one point": one_point_case(),
+    }
     rows = []
-    base = standard_loop(int(3000 * scale))
-    rows.append(("standard loop (nn.Module + optim.SGD), 1 chain", 1, base))
-    rows.append(("nblib generic torch.func path", 256, nblib_run(256, int(300 * scale), fast=False, compile=False)))
-    rows.append(("nblib closed-form step, eager", 256, nblib_run(256, int(1500 * scale), fast=True, compile=False)))
-    try:
-        rows.append(("nblib closed-form step, torch.compile", 1024,
-                     nblib_run(1024, int(3000 * scale), fast=True, compile=True)))
-    except RuntimeError as err:   # e.g. no C++ compiler: say so, skip the row
-        print(f"skipped the compiled row: {err}")
-    print(f"two-layer ReLU, width {WIDTH}, {N} points, batch size 1, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, threads {torch.get_num_threads()}")
-    print(f"{'method':48s} {'chains':>6s} {'chain-steps/s':>14s} {'× standard':>11s}")
-    for name, chains, rate in rows:
-        print(f"{name:48s} {chains:6d} {rate:14,.0f} {rate / base:10.1f}×")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    out = os.path.join(os.path.dirname(__file__), "results", "label_noise_throughput.json")
-    with open(out, "w") as f:
-        json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
-                               "torch": torch.__version__, "threads": torch.get_num_threads()},
-                   "model": {"width": WIDTH, "n": N, "batch_size": 1},
-                   "rows": [{"method": n, "chains": c, "chain_steps_per_s": r, "ratio_to_standard": r / base}
-                            for n, c, r in rows]}, f, indent=2)
-    print(f"wrote {os.path.relpath(out)}")
+    for name, case in cases.items():
+        # the baseline is re-measured next to every nblib method, and each ratio uses its neighbour's
+        bases = [standard_loop(case, int(3000 * scale))]
+        rows.append(row(name, case["about"], "standard loop (nn.Module + optim.SGD)", 1, bases[0], bases[0]))
+        methods = [("nblib generic torch.func path", 256, int(300 * scale), False, False),
+                   ("nblib closed-form step, eager", 1024, int(1000 * scale), True, False),
+                   ("nblib closed-form step, torch.compile", 1024, int(3000 * scale), True, True)]
+        for method, chains, steps, fast, compile in methods:
+            try:
+                rate = nblib_run(case, chains, steps, fast=fast, compile=compile)
+            except RuntimeError as err:   # e.g. no C++ compiler: say so, skip the row
+                print(f"skipped {method} for {name}: {err}")
+                continue
+            bases.append(standard_loop(case, int(3000 * scale)))
+            rows.append(row(name, case["about"], method, chains, rate, (bases[-2] + bases[-1]) / 2))
+    rows += sensing_rows(scale)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'model':28s} {'method':48s} {'chains':>6s} {'chain-steps/s':>14s} {'× standard':>11s}")
+    for r in rows:
+        print(f"{r['model']:28s} {r['method']:48s} {r['chains']:6d} {r['chain_steps_per_s']:14,.0f} "
+              f"{r['ratio_to_standard']:10.1f}×")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "label_noise_throughput.json"
+    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
 
 
 if __name__ == "__main__":

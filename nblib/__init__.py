@@ -1,18 +1,20 @@
 """nblib: the small library behind the executable book on implicit regularization.
 
-    reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²          implicit_regularizer
+    reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²          implicit_regularizer (and _and_grad)
     θ ← θ − η ∇ (1/B) Σ_b (h(x_b; θ) − y_b − Z_b)²  label_noise_sgd (many chains at once)
     θ ← θ − η ∇ [L(θ) + λ·reg(θ)]                  regularized_gd (the flow label noise follows)
 """
 from .claims import ClaimFailed, Ledger, glue
 from .label_noise import (DivergenceError, Trajectory, full_data_loss, implicit_lambda, label_noise_sgd,
                           regularized_gd)
-from .regularizer import (ClosedForm, closed_form_of, implicit_regularizer, per_example_grads,
+from .regularizer import (ClosedForm, closed_form_of, implicit_regularizer, implicit_regularizer_and_grad,
+                          per_example_grads,
                           per_example_sq_grad_norms, with_closed_form)
 from .style import COLORS, use_book_style
 
 __all__ = [
     "ClaimFailed", "ClosedForm", "COLORS", "DivergenceError", "Ledger", "Trajectory", "closed_form_of",
-    "full_data_loss", "glue", "implicit_lambda", "implicit_regularizer", "label_noise_sgd",
+    "full_data_loss", "glue", "implicit_lambda", "implicit_regularizer",
+    "implicit_regularizer_and_grad", "label_noise_sgd",
     "per_example_grads", "per_example_sq_grad_norms", "regularized_gd", "use_book_style", "with_closed_form",
 ]

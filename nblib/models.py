@@ -12,6 +12,11 @@ import torch
 from .regularizer import with_closed_form
 
 
+def _relu_masked(g, z):
+    """g ⊙ 1{z > 0}, with ReLU's own backward kernel (differentiable; a bool-mask product is ~10× slower on CPU)."""
+    return torch.ops.aten.threshold_backward(g.expand_as(z), z, 0)
+
+
 # ----------------------------------------------------------------------------- h(x; a, b) = a·b·x
 
 def product(params: dict, x: torch.Tensor) -> torch.Tensor:
@@ -54,24 +59,22 @@ def two_layer_relu(params: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 def _relu_pre(P, Xb):
-    """[C, B, m]: a_i x_b + b_i for every chain."""
-    return torch.baddbmm(P["b"].unsqueeze(1), Xb.unsqueeze(2), P["a"].unsqueeze(1))
+    """[C, B, m]: a_i x_b + b_i for every chain (broadcast products: torch.compile fuses them into one loop,
+    where a batch of tiny matrix products would not fuse)."""
+    return P["b"].unsqueeze(1) + Xb.unsqueeze(2) * P["a"].unsqueeze(1)
 
 
 def _relu_forward(P, Xb):
     act = torch.relu(_relu_pre(P, Xb))
-    return torch.bmm(act, P["c"].unsqueeze(2)).squeeze(2) + P["a0"][:, None] * Xb + P["b0"][:, None]
+    return (act * P["c"].unsqueeze(1)).sum(-1) + P["a0"][:, None] * Xb + P["b0"][:, None]
 
 
 def _relu_vjp(P, Xb, r):
     pre = _relu_pre(P, Xb)
-    act = torch.relu(pre)
-    on = (pre > 0).to(pre.dtype)
-    rr = r.unsqueeze(1)                                             # [C, 1, B]
-    g_c = torch.bmm(rr, act).squeeze(1)
-    g_b = P["c"] * torch.bmm(rr, on).squeeze(1)
-    g_a = P["c"] * torch.bmm((r * Xb).unsqueeze(1), on).squeeze(1)
-    return {"a": g_a, "b": g_b, "c": g_c, "a0": (r * Xb).sum(1), "b0": r.sum(1)}
+    rr = r.unsqueeze(2)                                             # [C, B, 1]
+    r_on = _relu_masked(rr, pre)                                    # r_b·1{a_i x_b + b_i > 0}
+    return {"a": P["c"] * (r_on * Xb.unsqueeze(2)).sum(1), "b": P["c"] * r_on.sum(1),
+            "c": (rr * torch.relu(pre)).sum(1), "a0": (r * Xb).sum(1), "b0": r.sum(1)}
 
 
 def _relu_sq_grad_norms(P, X):
@@ -129,6 +132,108 @@ def mlp(params: dict, x: torch.Tensor) -> torch.Tensor:
         if l < L:
             x = torch.relu(x)
     return x.sum()
+
+
+def _mlp_pass(P, Xb):
+    """Inputs a_0 … a_{L−1} and pre-activations z_1 … z_L of every layer: [C, B, ·] each.
+
+    ``P`` holds weights stacked over chains (W_l: [C, out, in]); ``Xb`` is [C, B, d], or [n, d] shared.
+    """
+    L = len(P) // 2
+    C = P["W1"].shape[0]
+    acts, pres = [Xb.expand(C, *Xb.shape[-2:])], []
+    for l in range(1, L + 1):
+        z = torch.baddbmm(P[f"b{l}"].unsqueeze(-2), acts[-1], P[f"W{l}"].transpose(-1, -2))
+        pres.append(z)
+        if l < L:
+            acts.append(torch.relu(z))
+    return acts, pres
+
+
+def _mlp_forward(P, Xb):
+    return _mlp_pass(P, Xb)[1][-1].sum(-1)
+
+
+def _mlp_vjp(P, Xb, r):
+    """Σ_b r_b ∇_θ h(x_b): backpropagation with g_L = r·1 (the outputs are summed)."""
+    acts, pres = _mlp_pass(P, Xb)
+    L = len(pres)
+    g = r.unsqueeze(-1).expand_as(pres[-1])
+    out = {}
+    for l in range(L, 0, -1):
+        out[f"W{l}"] = torch.matmul(g.transpose(-1, -2), acts[l - 1])
+        out[f"b{l}"] = g.sum(-2)
+        if l > 1:
+            g = _relu_masked(torch.matmul(g, P[f"W{l}"]), pres[l - 2])
+    return out
+
+
+def _mlp_sq_grad_norms(P, X):
+    """‖∇_θ h(x_i)‖² = Σ_l ‖g_il‖² (‖a_i,l−1‖² + 1), one batched pass, no per-example gradients.
+
+    For a linear layer z = W a + b the per-example gradients are ∇_W h = g aᵀ and ∇_b h = g, with
+    g = ∂h/∂z, so ‖∇_W h‖² + ‖∇_b h‖² = ‖g‖²(‖a‖² + 1). The outputs are summed: g_L = 1, and
+    g_{L−1} = (1ᵀW_L) ⊙ 1{z_{L−1} > 0} needs no matrix product. Differentiable in θ, so autograd of
+    the mean gives ∇reg at about the cost of one more backward pass.
+    """
+    acts, pres = _mlp_pass(P, X)
+    L = len(pres)
+    lead = pres[-1].shape[:-1]
+    total = pres[-1].shape[-1] * (acts[-1].pow(2).sum(-1) + 1).expand(lead)
+    if L > 1:
+        g = _relu_masked(P[f"W{L}"].sum(-2).unsqueeze(-2), pres[L - 2])
+        for l in range(L - 1, 0, -1):
+            total = total + g.pow(2).sum(-1) * (acts[l - 1].pow(2).sum(-1) + 1)
+            if l > 1:
+                g = _relu_masked(torch.matmul(g, P[f"W{l}"]), pres[l - 2])
+    return total
+
+
+def _mlp_reg_and_grad(P, X):
+    """reg and ∇reg in closed form, ([C], {name: [C, *shape]}), one forward pass and three chains.
+
+    Per example, R = Σ_l q_l s_l with q_l = ‖g_l‖², s_l = ‖a_{l−1}‖² + 1, g_L = 1 and
+    g_{l−1} = m_{l−1} ⊙ (W_lᵀ g_l), m = 1{z > 0} (locally constant, zero derivative a.e.). Adjoints:
+      G_1 = 2 s_1 g_1,  G_l = 2 s_l g_l + W_l u_{l−1},  u_l = m_l ⊙ G_l     (through the g chain)
+      Z_{L−1} = 2 q_L a_{L−1},  Z_{l−1} = m_{l−1} ⊙ (2 q_l a_{l−1} + W_lᵀ Z_l)  (through the forward pass)
+      ∂R/∂W_l = Z_l a_{l−1}ᵀ + g_l u_{l−1}ᵀ,   ∂R/∂b_l = Z_l,   averaged over the n examples.
+    About two backward passes of matrix products; every product is a plain batched matmul.
+    """
+    acts, pres = _mlp_pass(P, X)
+    L, n = len(pres), X.shape[-2]
+    lead = pres[-1].shape[:-1]
+    out_dim = pres[-1].shape[-1]
+    s = [None] + [acts[l - 1].pow(2).sum(-1, keepdim=True) + 1 for l in range(1, L + 1)]
+    reg = (out_dim * s[L]).squeeze(-1).expand(lead)
+    grads = {k: torch.zeros_like(v) for k, v in P.items()}
+    if L == 1:
+        return reg.mean(-1), grads
+    g = {L - 1: _relu_masked(P[f"W{L}"].sum(-2).unsqueeze(-2), pres[L - 2])}
+    for l in range(L - 2, 0, -1):
+        g[l] = _relu_masked(torch.bmm(g[l + 1], P[f"W{l + 1}"]), pres[l - 1])
+    q = {l: g[l].pow(2).sum(-1, keepdim=True) for l in g}
+    q[L] = out_dim
+    reg = reg + sum((q[l] * s[l]).squeeze(-1) for l in g)
+    u = (2 * s[1]) * g[1]                                  # u_1 = m_1 ⊙ G_1 = G_1 (g_1 is masked)
+    for l in range(2, L):
+        grads[f"W{l}"] += torch.bmm(g[l].transpose(-1, -2), u)
+        u = _relu_masked(torch.bmm(u, P[f"W{l}"].transpose(-1, -2)).addcmul_(2 * s[l], g[l]), pres[l - 1])
+    grads[f"W{L}"] += u.sum(-2).unsqueeze(-2)            # g_L = 1: the outer product with 1 repeats a row
+    Z = (2 * q[L]) * acts[L - 1]                         # a = relu(z) is already masked
+    for l in range(L - 1, 0, -1):
+        grads[f"W{l}"] += torch.bmm(Z.transpose(-1, -2), acts[l - 1])
+        grads[f"b{l}"] += Z.sum(-2)
+        if l > 1:
+            Z = _relu_masked(torch.bmm(Z, P[f"W{l}"]).addcmul_(2 * q[l], acts[l - 1]), pres[l - 2])
+    return reg.mean(-1), {k: v / n for k, v in grads.items()}
+
+
+def _mlp_reg_grad(P, X):
+    return _mlp_reg_and_grad(P, X)[1]
+
+
+with_closed_form(mlp, forward=_mlp_forward, vjp=_mlp_vjp, sq_grad_norms=_mlp_sq_grad_norms,
+                 reg_grad=_mlp_reg_grad, reg_and_grad=_mlp_reg_and_grad)
 
 
 def init_mlp(sizes: list[int], *, generator: torch.Generator | None = None,

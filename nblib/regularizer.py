@@ -30,12 +30,14 @@ class ClosedForm:
     vjp(P, Xb, r) -> {name: [C, *shape]}     Σ_b r_cb ∇_θ h(θ_c, x_cb)
     sq_grad_norms(P, X) -> [C, n]            ‖∇_θ h(θ_c, x_i)‖²   (optional)
     reg_grad(P, X) -> {name: [C, *shape]}    ∇_θ reg(θ_c)          (optional)
+    reg_and_grad(P, X) -> ([C], {name: ...}) reg and ∇reg in one pass (optional)
     """
 
     forward: Callable
     vjp: Callable
     sq_grad_norms: Callable | None = None
     reg_grad: Callable | None = None
+    reg_and_grad: Callable | None = None
 
 
 def with_closed_form(model: Callable, **pieces) -> Callable:
@@ -93,3 +95,35 @@ def implicit_regularizer(model: Callable, params: dict, X, *, stacked: bool = Fa
     Differentiable with respect to ``params``.
     """
     return per_example_sq_grad_norms(model, params, X, stacked=stacked, fast=fast).mean(-1)
+
+
+def implicit_regularizer_and_grad(model: Callable, params: dict, X, *, stacked: bool = False,
+                                  fast: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(reg(θ), ∇_θ reg(θ)) without building a graph: closed forms where the model has them
+    (``reg_and_grad``, else ``sq_grad_norms`` + ``reg_grad``), autograd of the torch.func reference otherwise.
+    Shapes as ``implicit_regularizer``; the gradient dict has the shapes of ``params``.
+    """
+    _validate.as_params(params)
+    dtype = next(iter(params.values())).dtype
+    X, _ = _validate.as_data(X, dtype=dtype)
+    if stacked:
+        _validate.stacked_chains(params)
+    P = params if stacked else {k: v.unsqueeze(0) for k, v in params.items()}
+    P = {k: v.detach() for k, v in P.items()}
+    cf = closed_form_of(model)
+    if fast and cf is not None and cf.reg_and_grad is not None:
+        reg, grads = cf.reg_and_grad(P, X)
+    elif fast and cf is not None and cf.sq_grad_norms is not None and cf.reg_grad is not None:
+        reg, grads = cf.sq_grad_norms(P, X).mean(-1), cf.reg_grad(P, X)
+    else:
+        check_model_output(model, {k: v[0] for k, v in P.items()}, X[0])
+        with torch.enable_grad():
+            Q = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+            reg = vmap(lambda p: _sq_norms_generic(model, p, X).mean())(Q)
+            g = (torch.autograd.grad(reg.sum(), list(Q.values()), allow_unused=True) if reg.requires_grad
+                 else [None] * len(Q))                     # reg free of θ (e.g. a linear model)
+        reg = reg.detach()
+        grads = {k: torch.zeros_like(P[k]) if gk is None else gk for k, gk in zip(Q, g)}
+    if not stacked:
+        reg, grads = reg[0], {k: v[0] for k, v in grads.items()}
+    return reg, grads

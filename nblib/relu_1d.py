@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .models import _relu_forward, _relu_pre, two_layer_relu
+from .models import _relu_forward, _relu_masked, _relu_pre, two_layer_relu
 from .regularizer import with_closed_form
 
 PARAM_NAMES = ("a", "b", "c", "a0", "b0")
@@ -275,13 +275,13 @@ def masked_relu(params: dict, x: torch.Tensor) -> torch.Tensor:
 
 def _masked_vjp(P, Xb, r):
     pre = _relu_pre(P, Xb)
-    on = (pre > 0).to(pre.dtype)
     t_in, t_out = _masked(P)
-    rr = r.unsqueeze(1)                                             # [C, 1, B]
+    rr = r.unsqueeze(2)                                             # [C, B, 1]
+    r_on = _relu_masked(rr, pre)                                    # r_b·1{a_i x_b + b_i > 0}
     return {
-        "a": t_in * P["c"] * torch.bmm((r * Xb).unsqueeze(1), on).squeeze(1),
-        "b": t_in * P["c"] * torch.bmm(rr, on).squeeze(1),
-        "c": t_out * torch.bmm(rr, torch.relu(pre)).squeeze(1),
+        "a": t_in * P["c"] * (r_on * Xb.unsqueeze(2)).sum(1),
+        "b": t_in * P["c"] * r_on.sum(1),
+        "c": t_out * (rr * torch.relu(pre)).sum(1),
         "a0": (r * Xb).sum(1), "b0": r.sum(1),
         "t_in": torch.zeros_like(P["t_in"]), "t_out": torch.zeros_like(P["t_out"]),
     }

@@ -124,3 +124,62 @@ def test_model_must_return_a_scalar():
     with pytest.raises(ValueError, match="scalar"):
         nblib.implicit_regularizer(lambda p, x: p["w"] * x, {"w": torch.ones(3, dtype=DT)},
                                    torch.ones(4, 3, dtype=DT))
+
+
+def test_mlp_closed_form_pieces_match_torch_func_over_chains():
+    """forward, vjp, ‖a‖²‖g‖² norms and ∇reg of the summed-output MLP, stacked over 3 chains."""
+    g = torch.Generator().manual_seed(1)
+    P = {k: torch.stack([v, 0.5 * v, -v]) for k, v in init_mlp([4, 7, 5, 2], generator=g, dtype=DT).items()}
+    X = torch.randn(6, 4, generator=g, dtype=DT)
+    Xb = torch.randn(3, 5, 4, generator=g, dtype=DT)
+    r = torch.randn(3, 5, generator=g, dtype=DT)
+    cf = nblib.closed_form_of(mlp)
+    for c in range(3):
+        p = {k: v[c] for k, v in P.items()}
+        out = torch.func.vmap(mlp, in_dims=(None, 0))(p, Xb[c])
+        assert torch.allclose(cf.forward(P, Xb)[c], out, rtol=1e-12)
+        grads = nblib.per_example_grads(mlp, p, Xb[c])
+        vjp = cf.vjp(P, Xb, r)
+        for k in p:
+            assert torch.allclose(vjp[k][c], torch.einsum("b,b...->...", r[c], grads[k]), rtol=1e-10), k
+        assert torch.allclose(cf.sq_grad_norms(P, X)[c],
+                              nblib.per_example_sq_grad_norms(mlp, p, X, fast=False), rtol=1e-12)
+        q = leaf(p)
+        ref = torch.autograd.grad(nblib.implicit_regularizer(mlp, q, X, fast=False), list(q.values()),
+                                  allow_unused=True)
+        for k, a in zip(q, ref):
+            a = torch.zeros_like(q[k]) if a is None else a
+            assert torch.allclose(cf.reg_grad(P, X)[k][c], a, rtol=1e-10, atol=1e-12), k
+
+
+@pytest.mark.parametrize("name", list(cases()))
+@pytest.mark.parametrize("fast", [False, True])
+def test_regularizer_and_grad_match_per_example_loop(name, fast):
+    model, params, X = cases()[name]
+    p_ref = leaf(params)
+    ref = loop_reg(model, p_ref, X)
+    g_ref = torch.autograd.grad(ref, list(p_ref.values()), allow_unused=True)
+    val, g = nblib.implicit_regularizer_and_grad(model, params, X, fast=fast)
+    assert abs(val.item() - ref.item()) <= 1e-10 * abs(ref.item())
+    for k, a in zip(params, g_ref):
+        a = torch.zeros_like(params[k]) if a is None else a
+        assert g[k].shape == params[k].shape and torch.allclose(g[k], a, rtol=1e-10, atol=1e-12), k
+    stacked = {k: torch.stack([v, -0.5 * v]) for k, v in params.items()}
+    vals, gs = nblib.implicit_regularizer_and_grad(model, stacked, X, stacked=True, fast=fast)
+    assert vals.shape == (2,) and torch.allclose(vals[0], val, rtol=1e-12)
+    second, g2 = nblib.implicit_regularizer_and_grad(model, {k: v[1] for k, v in stacked.items()}, X, fast=False)
+    assert torch.allclose(vals[1], second, rtol=1e-10)
+    for k in params:
+        assert torch.allclose(gs[k][1], g2[k], rtol=1e-10, atol=1e-12), k
+
+
+@pytest.mark.parametrize("sizes", [[3, 2], [3, 5, 2], [4, 7, 6, 5, 2], [2, 4, 4, 4, 4, 1]])
+def test_mlp_closed_form_gradient_at_every_depth(sizes):
+    g = torch.Generator().manual_seed(len(sizes))
+    params = init_mlp(sizes, generator=g, dtype=DT)
+    X = torch.randn(7, sizes[0], generator=g, dtype=DT)
+    val, grads = nblib.implicit_regularizer_and_grad(mlp, params, X)
+    ref, ref_grads = nblib.implicit_regularizer_and_grad(mlp, params, X, fast=False)
+    assert torch.allclose(val, ref, rtol=1e-12)
+    for k in params:
+        assert torch.allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-12), k
