@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NBTMP := .nbmake
 CHAPTERS := $(shell grep -l '^kernelspec:' book/*.md)
-# The execution cache is keyed on the code of nblib and the pinned environment as well as the notebooks.
-CACHE_KEY = $(shell cat nblib/*.py requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+# The execution cache is keyed on the code of nblib and the pinned environment as well as the notebooks:
+# tools/cache_key.py hashes nblib/, requirements.lock, pyproject.toml and what is installed in the venv.
+CACHE_KEY = $(shell $(PYTHON) tools/cache_key.py --venv $(VENV))
 
-.PHONY: cache-guard venv book book-force test unit nbmake html-check lab bench clean
+.PHONY: cache-guard venv book book-force test unit nbmake html-check browser-check repo-check lab bench clean
 
 venv: $(STAMP)
 
@@ -43,18 +44,44 @@ unit: venv
 nbmake: venv
 	rm -rf $(NBTMP) && mkdir -p $(NBTMP)
 	for f in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb --output $(NBTMP)/$$(basename $${f%.md}).ipynb $$f; done
-	cd $(NBTMP) && ../$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 -q -p no:cacheprovider *.ipynb
+	cd $(NBTMP) && ../$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --overwrite -q -p no:cacheprovider *.ipynb
 
+# html-check compares the glued numbers of the two clean executions (.nbmake and the forced build).
 html-check: venv
 	$(BIN)/python -m pytest tests/book -q
 
-test: unit nbmake book-force html-check
+# Every page in headless Chromium (Debian's chromium, Python playwright; no browser download).
+# As root a missing chromium is installed with apt-get; otherwise the tests skip, or fail when CI is set.
+browser-check: venv
+	@if ! command -v "$${CHROMIUM:-chromium}" >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser-check: installing Debian's chromium (apt-get install chromium)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	      || echo "browser-check: apt-get could not install chromium"; \
+	  else \
+	    echo "browser-check: chromium is not installed and this is not root: install it"; \
+	    echo "  (sudo apt-get install chromium) or set CHROMIUM=/path/to/chromium; the browser tests skip (CI: fail)."; \
+	  fi; \
+	fi
+	$(BIN)/python -m pytest tests/browser -q
+
+# Repository checks: Binder (repo2docker, environment.yml pins), the Pages workflow, the cache key.
+repo-check: venv
+	$(BIN)/python -m pytest tests/repo -q
+
+test: unit nbmake book-force html-check browser-check repo-check
 
 lab: venv
 	$(BIN)/jupyter lab book/
 
+# Benchmarks (not tests): install the optional peer libraries, measure, write benchmarks/results/*.json,
+# which the Performance appendix renders. BENCH_ARGS=--quick for a smoke run.
 bench: venv
-	$(BIN)/python benchmarks/label_noise_throughput.py
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt torch==2.13.0
+	cd benchmarks && ../$(BIN)/python regularizer.py $(BENCH_ARGS)
+	cd benchmarks && ../$(BIN)/python label_noise_throughput.py $(BENCH_ARGS)
+	cd benchmarks && ../$(BIN)/python book_time.py
 
 clean:
 	rm -rf _build

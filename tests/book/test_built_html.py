@@ -1,29 +1,27 @@
-"""Checks of the built HTML book (_build/html): every page of the table of contents is there, chapters
-that run code show their claims table with every claim holding, math is served locally, and nothing
-leaks (tracebacks, absolute paths, scripts from a CDN). Run after the book build (make test does)."""
-import pathlib
+"""Checks of the built HTML book (_build/html, or $BOOK_HTML): every page of the table of contents is
+there, chapters that run code show their claims table with every claim holding, math is served locally,
+nothing leaks (tracebacks, absolute paths, the user's name, scripts from a CDN), the launch buttons point
+at this repository's main branch, every chapter can be downloaded as .md, .ipynb (executed, with its
+outputs) and printed to PDF, and every figure has an opaque background (legible in dark mode).
+Run after the book build (make test does)."""
+import getpass
+import json
 import re
+from urllib.parse import urljoin, urlsplit
 
+import nbformat
 import pytest
-import yaml
+from bookinfo import BOOK_HTML, BRANCH, REPO_URL, ROOT, book_built, chapters, config, toc_files
+from bs4 import BeautifulSoup
+from PIL import Image
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-HTML = ROOT / "_build" / "html"
+HTML = BOOK_HTML
 
-
-def toc_files():
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc["parts"]:
-        files += [c["file"] for c in part["chapters"]]
-    return files
+pytestmark = pytest.mark.skipif(not book_built(), reason=f"build the book first (make book): no {HTML}/index.html")
 
 
-def executable(doc):
-    return re.search(r"^kernelspec:", (ROOT / f"{doc}.md").read_text(), re.M) is not None
-
-
-pytestmark = pytest.mark.skipif(not (HTML / "index.html").exists(), reason="build the book first (make book)")
+def soup(doc):
+    return BeautifulSoup((HTML / f"{doc}.html").read_text(), "html.parser")
 
 
 @pytest.mark.parametrize("doc", toc_files())
@@ -37,7 +35,7 @@ def test_page_exists_and_serves_math_locally(doc):
     assert not re.search(r'<script[^>]+src="https?://', text), "a script is loaded from the network"
 
 
-@pytest.mark.parametrize("doc", [d for d in toc_files() if executable(d)])
+@pytest.mark.parametrize("doc", chapters())
 def test_chapter_shows_its_claims_all_holding(doc):
     text = (HTML / f"{doc}.html").read_text()
     assert 'class="claims-table"' in text, f"{doc} has no claims table"
@@ -47,15 +45,150 @@ def test_chapter_shows_its_claims_all_holding(doc):
     assert "Traceback" not in text and "ClaimFailed" not in text
 
 
-@pytest.mark.parametrize("doc", [d for d in toc_files() if executable(d)])
+@pytest.mark.parametrize("doc", chapters())
 def test_glued_numbers_are_filled_in(doc):
     text = (HTML / f"{doc}.html").read_text()
     assert "{glue:" not in text and "glue:text" not in text
     assert "could not find" not in text.lower()
 
 
-def test_no_local_paths_leak():
-    for page in HTML.rglob("*.html"):
-        text = page.read_text()
-        for pattern in (str(ROOT), "/root/", "/home/", "/tmp/"):
-            assert pattern not in text, f"{pattern!r} appears in {page.relative_to(HTML)}"
+# ----------------------------------------------------------------------------------------------- leaks
+
+def published_text_files():
+    """Every text file of the built book a reader can fetch (pages, sources, notebooks, logs, search
+    index), except the theme's own _static files."""
+    for path in sorted(HTML.rglob("*")):
+        if path.is_file() and "_static" not in path.parts and path.suffix not in BINARY:
+            yield path
+
+
+BINARY = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf", ".inv", ".woff", ".woff2", ".ttf", ".eot", ".ico"}
+
+
+def leak_patterns():
+    patterns = {p: re.escape(p) for p in ("/work/", "/tmp/", "/home/", "/root/", "/Users/", "Traceback")}
+    patterns[str(ROOT)] = re.escape(str(ROOT))
+    user = getpass.getuser()
+    # The user's name as a path component (/x/USER/ or \USER\), unless it is also a name the book itself uses.
+    own_names = {p.name for p in HTML.rglob("*")} | {p.name for p in ROOT.iterdir()}
+    if len(user) >= 2 and user not in own_names:
+        patterns[f"user name {user!r} in a path"] = rf"[/\\]{re.escape(user)}(?:[/\\]|$)"
+    return patterns
+
+
+def test_no_local_paths_user_names_or_tracebacks_leak():
+    patterns = leak_patterns()
+    files = list(published_text_files())
+    assert len(files) >= len(toc_files()), "the HTML pages were not found"
+    leaks = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        for name, pattern in patterns.items():
+            for m in re.finditer(pattern, text, re.M):
+                context = text[max(0, m.start() - 60):m.end() + 60]
+                leaks.append(f"{name!r} in {path.relative_to(HTML)}: …{context!r}…")
+                break
+    assert not leaks, "local details leak into the published book:\n" + "\n".join(leaks)
+
+
+def test_leak_check_catches_a_planted_path(tmp_path):
+    """The patterns above do catch an absolute path, the user's home and a traceback."""
+    patterns = leak_patterns().values()
+    for planted in (f"<p>{ROOT}/nblib/claims.py</p>", "<pre>Traceback (most recent call last):</pre>",
+                    "<p>/home/someone/book</p>", "<p>/tmp/tmpab12/x.png</p>"):
+        assert any(re.search(p, planted) for p in patterns), planted
+
+
+# ------------------------------------------------------------------------------ launch and download buttons
+
+def test_config_names_this_repository_and_branch():
+    repo = config()["repository"]
+    assert repo["url"].rstrip("/") == REPO_URL
+    assert repo.get("branch") == BRANCH
+    assert config()["launch_buttons"].get("binderhub_url", "").rstrip("/") == "https://mybinder.org"
+
+
+@pytest.mark.parametrize("doc", chapters())
+def test_launch_buttons_point_at_this_repository_main_branch(doc):
+    page = soup(doc)
+    launch = page.select(".dropdown-launch-buttons a[href]")
+    assert launch, f"{doc} has no launch button"
+    owner_repo = urlsplit(REPO_URL).path.strip("/")
+    binder = [a["href"] for a in launch if "mybinder.org" in a["href"]]
+    assert binder == [f"https://mybinder.org/v2/gh/{owner_repo}/{BRANCH}?urlpath=lab/tree/{doc}.md"], binder
+    repo_button = page.select_one("a.btn-source-repository-button")
+    assert repo_button is not None and repo_button["href"].rstrip("/") == REPO_URL
+
+
+def download_links(doc):
+    """{suffix: local path} of the download dropdown of ``doc``'s page, and whether it has a print button."""
+    page = soup(doc)
+    menu = page.select_one(".dropdown-download-buttons")
+    assert menu is not None, f"{doc} has no download button"
+    links = {}
+    for a in menu.select("a[href]"):
+        href = a["href"]
+        assert not urlsplit(href).scheme, f"{doc}: download link {href} leaves the book"
+        target = (HTML / urljoin(f"{doc}.html", href)).resolve()
+        links[target.suffix] = target
+    printable = any("window.print()" in (b.get("onclick") or "") for b in menu.select(".btn-download-pdf-button"))
+    return links, printable
+
+
+@pytest.mark.parametrize("doc", toc_files())
+def test_page_downloads_as_source_and_prints_to_pdf(doc):
+    links, printable = download_links(doc)
+    assert ".md" in links, f"{doc}: no .md download"
+    assert links[".md"].is_file(), f"{doc}: the .md download {links['.md']} does not exist"
+    assert links[".md"].read_text() == (ROOT / f"{doc}.md").read_text(), f"{doc}: the .md download is not the source"
+    assert printable, f"{doc}: no print-to-PDF button"
+
+
+@pytest.mark.parametrize("doc", chapters())
+def test_chapter_downloads_as_executed_ipynb(doc):
+    links, _ = download_links(doc)
+    assert ".ipynb" in links, f"{doc}: no .ipynb download"
+    path = links[".ipynb"]
+    assert path.is_file(), f"{doc}: the .ipynb download {path} does not exist"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, f"{doc}: the notebook has no code"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert outputs, f"{doc}: the downloadable notebook has no outputs (not the executed one)"
+    assert not [o for o in outputs if o.output_type == "error"], f"{doc}: the notebook holds an error output"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{doc}: the notebook has no figures"
+    assert any("claims-table" in json.dumps(o.get("data", {})) for o in outputs), f"{doc}: no claims table"
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+def figure_files():
+    return sorted((HTML / "_images").glob("*.png"))
+
+
+def test_every_figure_has_an_opaque_background():
+    """A transparent figure shows the dark theme's background through it: black text would vanish."""
+    figures = figure_files()
+    assert len(figures) >= len(chapters()), f"expected figures in {HTML / '_images'}"
+    transparent = []
+    for path in figures:
+        with Image.open(path) as im:
+            if "transparency" in im.info:
+                transparent.append(f"{path.name}: has a transparent colour")
+            elif im.mode in ("RGBA", "LA", "PA") or "A" in im.getbands():
+                lo, _ = im.getchannel("A").getextrema()
+                if lo < 255:
+                    transparent.append(f"{path.name}: alpha down to {lo}")
+    assert not transparent, "figures with transparent pixels:\n" + "\n".join(transparent)
+
+
+@pytest.mark.parametrize("doc", chapters())
+def test_chapter_figures_exist(doc):
+    images = [img["src"] for img in soup(doc).select("article img[src]") if "_images/" in img["src"]]
+    assert images, f"{doc} shows no figure"
+    for src in images:
+        assert (HTML / urljoin(f"{doc}.html", src)).is_file(), f"{doc}: figure {src} is missing"
