@@ -98,7 +98,7 @@ def test_leak_check_catches_a_planted_path(tmp_path):
     """The patterns above do catch an absolute path, the user's home and a traceback."""
     patterns = leak_patterns().values()
     for planted in (f"<p>{ROOT}/nblib/claims.py</p>", "<pre>Traceback (most recent call last):</pre>",
-                    "<p>/home/someone/book</p>", "<p>/tmp/tmpab12/x.png</p>"):
+                    "<p>/home/someone/book</p>", f"<p>{tmp_path}/x.png</p>"):
         assert any(re.search(p, planted) for p in patterns), planted
 
 
