@@ -113,7 +113,7 @@ def _standard_loop(case, steps: int) -> float:
 
 def nblib_run(case, chains: int, steps: int, *, fast: bool, compile: bool) -> float:
     kw = dict(lr=case["lr"], noise_std=case["noise_std"], batch_size=case["batch_size"], chains=chains, seed=0,
-              record_reg=False, fast=fast, compile=compile)
+              record_reg=False, fast=fast, compile=compile, threads=None)
     args = (case["model"], case["params"], case["X"], case["y"])
     if compile:   # compile once (same shapes and lr) before timing
         nblib.label_noise_sgd(*args, steps=300, record_every=300, **kw)
@@ -123,7 +123,7 @@ def nblib_run(case, chains: int, steps: int, *, fast: bool, compile: bool) -> fl
 
 
 def sensing_rows(scale):
-    """Matrix sensing (d = 40, r = 2, n = 400, full batch): the chapter's ms.run_sensing vs the standard loop."""
+    """Matrix sensing (d = 40, r = 2, n = 400, full batch): nblib's closed-form step vs the standard loop."""
     d, rank, n = 40, 2, 400
     problem = ms.sensing_problem(d, rank, n, seed=0, dtype=torch.float32)
     lr, sigma = 0.03, 1.0
@@ -141,11 +141,13 @@ def sensing_rows(scale):
     base = steps / (time.perf_counter() - start)
     chains, nsteps = 8, max(20, int(600 * scale))
     start = time.perf_counter()
-    ms.run_sensing(problem, torch.eye(d), lr=lr, noise_std=[sigma] * chains, steps=nsteps, record_every=nsteps)
+    nblib.label_noise_sgd(ms.matrix_sensing, {"U": torch.eye(d)}, problem.A, problem.y, lr=lr,
+                          noise_std=sigma, chains=chains, batch_size=n, steps=nsteps,
+                          record_every=nsteps, record_reg=False, threads=None)
     fast = chains * nsteps / (time.perf_counter() - start)
     about = f"matrix sensing d = {d}, r = {rank}, n = {n}, full batch, η = {lr}, σ = {sigma} (matrix-sensing chapter)"
     return [row("matrix sensing", about, "standard loop (nn.Module + optim.SGD)", 1, base, base),
-            row("matrix sensing", about, "nblib.matrix_sensing.run_sensing (closed form)", chains, fast, base)]
+            row("matrix sensing", about, "nblib closed-form step, eager", chains, fast, base)]
 
 
 def row(model, about, method, chains, rate, base):
@@ -165,7 +167,8 @@ def main() -> None:
         "product a·b·x": theorem_case(),
         "two-layer ReLU (chapter)": relu_case(100, 12, 12, 0.05, 0.2,
                                               "width 100, 12 points, full batch, η = 0.05, σ = 0.2 (ReLU chapter)"),
-        "two-layer ReLU, width 1000": relu_case(1000, 16, 1, 1e-3, 0.1, "width 1000, 16 points, batch 1 (issue 2 target)"),
+        "two-layer ReLU, width 1000": relu_case(1000, 16, 1, 1e-3, 0.1,
+                                                "width 1000, 16 points, batch 1 (issue 2 target)"),
         "tanh, one point": one_point_case(),
     }
     rows = []

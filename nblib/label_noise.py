@@ -1,98 +1,151 @@
-"""Label-noise SGD on many independent chains at once, and the explicit flow it follows.
+"""Label-noise SGD on many independent chains at once, and the explicit flow it follows: one loop.
 
-Convention (Blanc et al. 2020, no ½): one step on a minibatch b of size B is
+Convention (Blanc et al. 2020, no ½): one step of chain c on a minibatch b of size B is
 
-    θ ← θ − η ∇_θ (1/B) Σ_{i∈b} (h(x_i; θ) − y_i − Z_i)²,    Z_i drawn fresh at every step,
+    θ ← θ − η_c ∇_θ [ (1/B) Σ_{i∈b} (h(x_i; θ) − y_i − σ_c Z_i)²  +  λ_c · reg(θ) ],
 
-with Var Z = noise_std². Near the zero-error manifold this drifts along the manifold like gradient
-descent on loss + λ·reg with λ = η·Var(Z)/B (``implicit_lambda``): a drift of −η²·Var(Z)/B·∇reg per step.
-``regularized_gd`` runs that explicit flow so that a chapter can overlay prediction and simulation.
+Z_i drawn fresh at every step (Var Z = 1), reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖² over all n examples.
+With λ = 0 this is label-noise SGD (σ = 0: plain SGD); near the zero-error manifold it drifts like
+gradient descent on loss + λ·reg with λ = η·σ²/B (``implicit_lambda``). With σ = 0, λ > 0 and B = n it
+*is* that explicit flow (``regularized_gd``), so prediction and simulation run in one batched call.
 
-All chains run as one batched computation: parameters carry a leading chain dimension C. The generic
-step uses torch.func (vmap over chains and examples, grad); a model with a ``ClosedForm`` (see
-``nblib.regularizer``) gets the fast closed-form step, which ``compile=True`` also fuses with torch.compile.
+Every chain has its own η, σ, λ (a number for all, or one per chain). All chains advance as one
+tensor computation: parameters carry a leading chain dimension C. A model with a ``ClosedForm``
+(``nblib.regularizer``) gets the closed-form batched step (``compile=True`` fuses it with torch.compile);
+any other model the torch.func step (vmap over chains and examples, grad).
+
+Randomness: ``seed`` (one int) drives all chains from one generator; ``seeds=[s_0, …, s_{G−1}]`` splits
+the C chains into G consecutive groups, group g drawing from its own generator seeded s_g. So chain c of a
+run with one seed per chain follows exactly the path of a one-chain run with seed s_c (tested). Draws
+come in chunks of ``CHUNK`` steps (minibatch indices, then noise), fixed, so recording never changes a
+trajectory; the minibatch itself is gathered step by step (no [steps, C, B, *x] copy of the data).
 """
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad, vmap
 
 from . import _validate
-from .regularizer import _sq_norms_generic, check_model_output, closed_form_of, per_example_sq_grad_norms
+from .regularizer import (_sq_norms_generic, check_model_output, closed_form_of,
+                          implicit_regularizer, trainable_sq_grad_norms)
+from .runtime import cpu_settings
+from .trajectory import DivergenceError, Trajectory, check_finite
 
-_CHUNK = 256          # steps of randomness drawn at once; fixed, so records never change a trajectory
-_HUGE = 1e30          # a loss above this counts as divergence before it overflows
+CHUNK = 256          # steps of randomness drawn at once; fixed, so records never change a trajectory
+GATHER_LIMIT = 2 ** 22   # a chunk's minibatches are gathered at once when they hold fewer numbers
 
-
-class DivergenceError(FloatingPointError):
-    """A run produced a non-finite or exploding loss; the message names the hyperparameters to lower."""
-
-
-@dataclass
-class Trajectory:
-    """What a run recorded, at ``steps`` (T record points) for C chains.
-
-    params: {name: [T, C, *shape]};  loss: [T, C], the clean full-data loss (1/n) Σ_i (h(x_i; θ) − y_i)²;
-    reg: [T, C], reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖² (None when not recorded).
-    """
-
-    steps: torch.Tensor
-    params: dict[str, torch.Tensor]
-    loss: torch.Tensor
-    reg: torch.Tensor | None
-
-    def final(self) -> dict[str, torch.Tensor]:
-        """Parameters at the last record, {name: [C, *shape]}."""
-        return {k: v[-1] for k, v in self.params.items()}
+__all__ = ["CHUNK", "DivergenceError", "Trajectory", "batched_forward", "full_data_loss",
+           "implicit_lambda", "label_noise_sgd", "regularized_gd"]
 
 
 def implicit_lambda(lr: float, noise_std: float, batch_size: int = 1) -> float:
-    """λ = η·Var(Z)/B: the weight of reg in the flow that label-noise SGD follows (this module's convention)."""
+    """λ = η·Var(Z)/B: the weight of reg in the flow that label-noise SGD follows."""
     return lr * noise_std ** 2 / batch_size
 
 
 # ----------------------------------------------------------------------------- batched pieces
 
-def batched_forward(model: Callable, P: dict, Xb: torch.Tensor) -> torch.Tensor:
-    """h(θ_c, x_cb) for stacked params P ([C, ...]) and per-chain inputs Xb ([C, B, ...]) -> [C, B]."""
+def batched_forward(model: Callable, P: dict, Xb: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
+    """h(θ_c, x) for stacked params P ([C, ...]): per-chain inputs Xb [C, B, *x], or with
+    ``shared=True`` one batch X [n, *x] for every chain. Returns [C, B]."""
     cf = closed_form_of(model)
     if cf is not None:
         return cf.forward(P, Xb)
-    return vmap(vmap(model, in_dims=(None, 0)))(P, Xb)
+    return vmap(vmap(model, in_dims=(None, 0)), in_dims=(0, None if shared else 0))(P, Xb)
 
 
 def full_data_loss(model: Callable, P: dict, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """[C]: (1/n) Σ_i (h(x_i; θ_c) − y_i)² for every chain."""
-    C = next(iter(P.values())).shape[0]
-    out = batched_forward(model, P, X.expand(C, *X.shape))
-    return (out - y).pow(2).mean(1)
+    return (batched_forward(model, P, X, shared=True) - y).pow(2).mean(1)
 
 
-def _generic_step(model: Callable) -> Callable:
-    def chain_loss(p, xb, yb):
-        return (vmap(model, in_dims=(None, 0))(p, xb) - yb).pow(2).mean()
+def _per_chain(value, C: int, name: str, *, dtype, positive: bool = False):
+    """A number (returned as a float) or one value per chain (returned as a [C] tensor)."""
+    check = _validate.positive if positive else _validate.nonnegative
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return check(value, name)
+    values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+    if len(values) != C:
+        raise ValueError(f"{name} must be one number or one per chain ({C}); got {len(values)} values")
+    values = [check(v, name) for v in values]
+    if len(set(values)) == 1:
+        return values[0]
+    return torch.tensor(values, dtype=dtype)
 
-    grad_loss = vmap(grad_and_value(chain_loss))
 
-    def step(P, Xb, Yb, lr):
-        grads, loss = grad_loss(P, Xb, Yb)
-        return {k: P[k] - lr * grads[k] for k in P}, loss
+def _scale(value, t: torch.Tensor) -> torch.Tensor:
+    """value · t for a float value, or a per-chain [C] value broadcast over t's trailing dims."""
+    if isinstance(value, float):
+        return value * t
+    return value.reshape(-1, *([1] * (t.ndim - 1))) * t
+
+
+def _per_param(value, p: torch.Tensor):
+    """value (a float, or a [C] tensor) shaped to multiply a stacked parameter p ([C, *shape])."""
+    if isinstance(value, float):
+        return value
+    return value.reshape(-1, *([1] * (p.ndim - 1)))
+
+
+def _scale_chunk(value, Z: torch.Tensor) -> torch.Tensor:
+    """value · Z for a chunk Z [K, C, B]: a float, or one value per chain [C]."""
+    if isinstance(value, float):
+        return value * Z
+    return value.reshape(1, -1, 1) * Z
+
+
+def _as_list(value) -> list[float]:
+    return value.tolist() if isinstance(value, torch.Tensor) else [value]
+
+
+# ----------------------------------------------------------------------------- the two steps
+
+def _update(P, grads, lr, masks):
+    """θ ← θ − η·(m ⊙ g): lr {name: a number or [C, 1, …]}, masks {name: 0/1} or None."""
+    if masks is not None:
+        grads = {k: g * masks[k] if k in masks else g for k, g in grads.items()}
+    return {k: P[k] - lr[k] * grads[k] for k in P}
+
+
+def _closed_form_step(model: Callable, X, any_lam: bool, lr, lam, masks) -> Callable:
+    """One step (P, Xb, Yb) -> (P', residuals [C, B]) from the model's closed forms.
+
+    lr, lam: {name: a number or a per-chain [C, 1, …] tensor}; the update is part of the step, so
+    that torch.compile fuses it with the gradient."""
+    cf = closed_form_of(model)
+
+    def step(P, Xb, Yb):
+        if cf.loss_grad is not None:
+            grads, r = cf.loss_grad(P, Xb, Yb)
+        else:
+            r = cf.forward(P, Xb) - Yb                              # [C, B]
+            grads = cf.vjp(P, Xb, r * (2.0 / r.shape[1]))           # ∇ (1/B) Σ_b r_b²
+        if any_lam:
+            g_reg = cf.reg_grad(P, X)
+            grads = {k: grads[k] + lam[k] * g_reg[k] for k in P}
+        return _update(P, grads, lr, masks), r
 
     return step
 
 
-def _closed_form_step(model: Callable) -> Callable:
-    cf = closed_form_of(model)
+def _generic_step(model: Callable, X, any_lam: bool, shared: bool, lr, lam_c, masks) -> Callable:
+    """The same step from torch.func: vmap over chains (and examples) of grad; lam_c: [C]."""
+    def chain_objective(p, xb, yb, lam):
+        r = vmap(model, in_dims=(None, 0))(p, xb) - yb
+        loss = r.pow(2).mean()
+        if any_lam:
+            return loss + lam * _sq_norms_generic(model, p, X).mean(), r
+        return loss, r
 
-    def step(P, Xb, Yb, lr):
-        r = cf.forward(P, Xb) - Yb                                  # [C, B]
-        grads = cf.vjp(P, Xb, r * (2.0 / r.shape[1]))               # ∇ (1/B) Σ_b r_b²
-        return {k: P[k] - lr * grads[k] for k in P}, r.pow(2).mean(1)
+    grad_obj = vmap(grad(chain_objective, has_aux=True), in_dims=(0, None if shared else 0, 0, 0))
+
+    def step(P, Xb, Yb):
+        grads, r = grad_obj(P, Xb, Yb, lam_c)
+        return _update(P, grads, lr, masks), r
 
     return step
 
@@ -106,6 +159,8 @@ def _require_compiler() -> None:
         )
 
 
+# ----------------------------------------------------------------------------- set-up helpers
+
 def _stack(params: dict, chains: int | None, stacked: bool) -> tuple[dict, int]:
     if stacked:
         C = _validate.stacked_chains(params)
@@ -116,37 +171,80 @@ def _stack(params: dict, chains: int | None, stacked: bool) -> tuple[dict, int]:
     return {k: v.detach().unsqueeze(0).repeat(C, *([1] * v.ndim)) for k, v in params.items()}, C
 
 
-def _check_finite(loss: torch.Tensor, step: int, hint: str) -> None:
-    bad = ~torch.isfinite(loss) | (loss.abs() > _HUGE)
-    if bad.any():
-        c = int(bad.nonzero()[0, 0]) if loss.ndim else 0
-        value = float(loss.reshape(-1)[c])
-        raise DivergenceError(f"the run diverged by step {step}: chain {c} has loss {value:.3g}. {hint}")
+def _groups(seed, seeds, C: int) -> list[int]:
+    """The seed of every group of consecutive chains: [seed], or ``seeds`` (its length must divide C)."""
+    if seeds is None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}; pass a list as seeds=[...]")
+        return [seed]
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    if C % len(seeds):
+        raise ValueError(f"{len(seeds)} seeds do not split {C} chains into equal groups; "
+                         "give one seed per chain or per equal group of chains")
+    return seeds
+
+
+def _masks(trainable, P: dict, C: int) -> dict[str, torch.Tensor] | None:
+    """{name: 0/1 tensor broadcastable to [C, *shape]}; a [C] mask freezes a tensor per chain."""
+    if trainable is None:
+        return None
+    if not isinstance(trainable, dict) or not set(trainable) <= set(P):
+        raise ValueError(f"trainable must be a dict whose keys are parameter names {sorted(P)}; "
+                         f"got {trainable!r}")
+    masks = {}
+    for k, m in trainable.items():
+        m = torch.as_tensor(m, dtype=P[k].dtype)
+        if m.ndim == 1 and m.shape[0] == C:
+            m = m.reshape(C, *([1] * (P[k].ndim - 1)))
+        try:
+            torch.broadcast_shapes(m.shape, P[k].shape)
+        except RuntimeError:
+            raise ValueError(f"trainable[{k!r}] of shape {tuple(m.shape)} does not broadcast to the "
+                             f"stacked parameter's shape {tuple(P[k].shape)}") from None
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"trainable[{k!r}] must hold 0 (frozen) or 1 (trainable)")
+        masks[k] = m
+    return masks
+
+
+def _hint(lr, noise_std, lam) -> str:
+    def show(v):
+        vals = _as_list(v)
+        return f"{vals[0]:g}" if len(vals) == 1 else "[" + ", ".join(f"{x:g}" for x in vals) + "]"
+
+    hint = f"Lower lr (now {show(lr)}) or noise_std (now {show(noise_std)})"
+    if any(v > 0 for v in _as_list(lam)):
+        hint += f" or lam (now {show(lam)})"
+    return hint + "."
 
 
 class _Recorder:
-    def __init__(self, model, X, y, record_reg, fast):
+    def __init__(self, model, X, y, record_reg, fast, masks=None):
         self.model, self.X, self.y, self.record_reg, self.fast = model, X, y, record_reg, fast
+        self.masks = masks
         self.steps, self.params, self.loss, self.reg = [], [], [], []
 
     def __call__(self, t: int, P: dict, hint: str) -> None:
-        with torch.no_grad():
-            loss = full_data_loss(self.model, P, self.X, self.y)
-        _check_finite(loss, t, hint)
+        loss = full_data_loss(self.model, P, self.X, self.y)
+        check_finite(loss, t, hint)
         self.steps.append(t)
         self.params.append({k: v.clone() for k, v in P.items()})
         self.loss.append(loss)
-        if self.record_reg:
-            reg = per_example_sq_grad_norms(self.model, P, self.X, stacked=True, fast=self.fast).mean(-1)
-            self.reg.append(reg.detach())
+        if self.record_reg and self.masks is None:
+            self.reg.append(implicit_regularizer(self.model, P, self.X, stacked=True, fast=self.fast))
+        elif self.record_reg:                   # the regularizer of the trainable parameters
+            self.reg.append(trainable_sq_grad_norms(self.model, P, self.X, self.masks).mean(-1))
 
-    def trajectory(self) -> Trajectory:
+    def trajectory(self, config: dict) -> Trajectory:
         keys = self.params[0].keys()
         return Trajectory(
             steps=torch.tensor(self.steps),
             params={k: torch.stack([p[k] for p in self.params]) for k in keys},
             loss=torch.stack(self.loss),
             reg=torch.stack(self.reg) if self.record_reg else None,
+            config=config,
         )
 
 
@@ -156,30 +254,57 @@ def _record_points(steps: int, record_every: int | None) -> int:
     return _validate.count(record_every, "record_every")
 
 
-# ----------------------------------------------------------------------------- label-noise SGD
+def _draw(gens, C: int, n: int, B: int, noise: str, dtype, full_batch: bool, needs_noise: bool):
+    """One chunk of randomness: indices [CHUNK, C, B] (None for a full batch) and noise Z [CHUNK, C, B]
+    (None when no chain of a full-batch run has noise: then nothing random happens)."""
+    if not needs_noise:
+        return None, None
+    Cg = C // len(gens)
+    idx, Z = [], []
+    for gen in gens:
+        if not full_batch:
+            idx.append(torch.randint(n, (CHUNK, Cg, B), generator=gen))
+        if noise == "gaussian":
+            Z.append(torch.randn(CHUNK, Cg, B, generator=gen, dtype=dtype))
+        else:
+            Z.append(torch.randint(0, 2, (CHUNK, Cg, B), generator=gen).to(dtype) * 2 - 1)
+    cat = (lambda ts: ts[0]) if len(gens) == 1 else (lambda ts: torch.cat(ts, 1))
+    return (None if full_batch else cat(idx)), cat(Z)
 
-def label_noise_sgd(model: Callable, params: dict, X, y, *, lr: float, noise_std: float, steps: int,
-                    chains: int | None = None, batch_size: int = 1, noise: str = "gaussian", seed: int = 0,
+
+# ----------------------------------------------------------------------------- the loop
+
+def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps: int, lam=0.0,
+                    chains: int | None = None, batch_size: int = 1, noise: str = "gaussian",
+                    seed: int = 0, seeds=None, trainable=None, noise_off_after: int | None = None,
                     record_every: int | None = None, stacked: bool = False, record_reg: bool = True,
-                    fast: bool = True, compile: bool = False) -> Trajectory:
-    """Run label-noise SGD on ``chains`` independent chains at once and return their trajectories.
+                    fast: bool = True, compile: bool = False, threads: int | None = 1) -> Trajectory:
+    """Run label-noise SGD (and, with lam > 0, the explicit flow) on C chains at once.
 
-    θ ← θ − lr·∇_θ (1/B) Σ_{i∈b} (h(x_i; θ) − y_i − Z_i)², Z ~ N(0, noise_std²) or noise_std·Rademacher,
-    fresh at every step. With batch_size < n each chain draws its own minibatch uniformly with
-    replacement; batch_size == n uses every example once per step. noise_std = 0 is plain SGD.
+    θ_c ← θ_c − lr_c·∇_θ [(1/B) Σ_{i∈b} (h(x_i; θ_c) − y_i − noise_std_c·Z_i)² + lam_c·reg(θ_c)],
+    Z ~ N(0, 1) or Rademacher (``noise``), fresh at every step. With batch_size < n each chain draws its
+    own minibatch uniformly with replacement; batch_size == n uses every example once per step.
 
     params: {name: tensor} for one model, copied to every chain; or, with ``stacked=True``, already
-    stacked along a leading chain dimension (one initialization per chain).
-    The same seed gives the same result; recording (``record_every``) never changes the trajectory.
-    fast: use the model's closed form when it has one (else the torch.func reference step);
-    compile: fuse the closed-form step with torch.compile (needs a C++ compiler).
-    Raises ValueError on bad input and DivergenceError (naming lr and noise_std) if a chain diverges.
+        stacked along a leading chain dimension (one initialization per chain).
+    lr, noise_std, lam: one number for every chain, or one per chain.
+    seed / seeds: one generator for all chains, or one per group of chains (see the module docstring).
+    trainable: {name: mask} freezes parameters (mask 0) per chain ([C]) or per entry (broadcastable to
+        the stacked shape); frozen entries never move. Not combined with lam > 0 (the regularizer of a
+        run with frozen parameters sums only over the trainable ones).
+    noise_off_after: from this step on σ = 0 (an annealing tail; the draws go on, unused).
+    record_every: record every k steps and at the end (default: 100 records); recording never changes
+        the trajectory. record_reg: also record reg(θ) (with ``trainable``: the regularizer of the
+        trainable parameters, (1/n) Σ_i ‖m ⊙ ∇_θ h(x_i; θ)‖², the one such a run follows).
+    fast: use the model's closed form (else the torch.func step); compile: fuse it with torch.compile.
+    threads: torch threads during the run (default 1: these loops are overhead-bound; None: as set).
+
+    Returns a ``Trajectory`` whose config records the model, the per-chain hyperparameters and seeds.
+    Raises ValueError on bad input and DivergenceError, naming what to lower, if a chain diverges.
     """
     _validate.as_params(params)
     dtype = next(iter(params.values())).dtype
     X, y = _validate.as_data(X, y, dtype=dtype)
-    lr = _validate.positive(lr, "lr")
-    noise_std = _validate.nonnegative(noise_std, "noise_std")
     steps = _validate.count(steps, "steps", minimum=0)
     n = X.shape[0]
     batch_size = _validate.count(batch_size, "batch_size")
@@ -188,89 +313,90 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr: float, noise_std
     if noise not in ("gaussian", "rademacher"):
         raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
     every = _record_points(steps, record_every)
+    off = steps if noise_off_after is None else _validate.count(noise_off_after, "noise_off_after",
+                                                                minimum=0)
     P, C = _stack(params, chains, stacked)
+    lr = _per_chain(lr, C, "lr", dtype=dtype, positive=True)
+    sigma = _per_chain(noise_std, C, "noise_std", dtype=dtype)
+    lam = _per_chain(lam, C, "lam", dtype=dtype)
+    any_lam = any(v > 0 for v in _as_list(lam))
+    gens = [torch.Generator().manual_seed(s) for s in _groups(seed, seeds, C)]
+    masks = _masks(trainable, P, C)
+    if masks is not None and any_lam:
+        raise ValueError("lam > 0 with frozen parameters (trainable=...) is not supported: the "
+                         "regularizer of such a run sums only over the trainable parameters")
     check_model_output(model, {k: v[0] for k, v in P.items()}, X[0])
 
-    use_closed_form = fast and closed_form_of(model) is not None
-    step = _closed_form_step(model) if use_closed_form else _generic_step(model)
+    cf = closed_form_of(model)
+    use_closed_form = fast and cf is not None and (not any_lam or cf.reg_grad is not None)
+    full_batch = batch_size == n
+    lr_ = {k: _per_param(lr, v) for k, v in P.items()}
+    if use_closed_form:
+        lam_ = {k: _per_param(lam, v) for k, v in P.items()}
+        step = _closed_form_step(model, X, any_lam, lr_, lam_, masks)
+    else:
+        lam_c = torch.as_tensor(_as_list(lam) * (C // len(_as_list(lam))), dtype=dtype)
+        step = _generic_step(model, X, any_lam, full_batch, lr_, lam_c, masks)
     if compile:
         if not use_closed_form:
-            raise ValueError("compile=True needs a model with a closed form (model.closed_form) and fast=True")
+            raise ValueError("compile=True needs a model with a closed form (model.closed_form) and "
+                             "fast=True")
         _require_compiler()
         step = torch.compile(step, dynamic=False)
 
-    hint = f"Lower lr (now {lr:g}) or noise_std (now {noise_std:g})."
-    gen = torch.Generator().manual_seed(seed)
-    record = _Recorder(model, X, y, record_reg, fast)
-    record(0, P, hint)
-    t = 0
-    with torch.no_grad():
+    hint = _hint(lr, sigma, lam)
+    config = dict(model=getattr(model, "__name__", type(model).__name__), lr=_as_list(lr) * (
+        C if isinstance(lr, float) else 1), noise_std=_as_list(sigma) * (C if isinstance(sigma, float)
+                                                                        else 1),
+        lam=_as_list(lam) * (C if isinstance(lam, float) else 1), steps=steps, batch_size=batch_size,
+        noise=noise, seeds=[g.initial_seed() for g in gens], noise_off_after=noise_off_after,
+        trainable=None if trainable is None else sorted(trainable))
+    needs_noise = not full_batch or any(v > 0 for v in _as_list(sigma))
+    per_chunk = CHUNK * C * batch_size * X[0].numel() <= GATHER_LIMIT
+    clean = y.expand(C, -1) if full_batch else None
+    record = _Recorder(model, X, y, record_reg, fast, masks)
+    with cpu_settings(threads), torch.no_grad():
+        record(0, P, hint)
+        t = 0
         while t < steps:
-            K = min(_CHUNK, steps - t)
-            if batch_size == n:
-                idx = torch.arange(n).expand(K, C, n)
-            else:
-                idx = torch.randint(n, (_CHUNK, C, batch_size), generator=gen)[:K]
-            if noise == "gaussian":
-                Z = torch.randn(_CHUNK, C, batch_size, generator=gen, dtype=dtype)[:K]
-            else:
-                Z = torch.randint(0, 2, (_CHUNK, C, batch_size), generator=gen).to(dtype)[:K] * 2 - 1
-            Xb, Yb = X[idx], y[idx] + noise_std * Z
+            K = min(CHUNK, steps - t)
+            idx, Z = _draw(gens, C, n, batch_size, noise, dtype, full_batch, needs_noise)
+            if idx is not None and per_chunk:             # small data: gather the chunk at once
+                Xc, yc = X[idx[:K]], y[idx[:K]]
+            if needs_noise and (full_batch or per_chunk):  # noisy labels of the chunk at once
+                Yc = (y if full_batch else yc) + _scale_chunk(sigma, Z[:K])
             for k in range(K):
-                P, batch_loss = step(P, Xb[k], Yb[k], lr)
+                if full_batch:
+                    Xb, yb = X, clean
+                elif per_chunk:
+                    Xb, yb = Xc[k], yc[k]
+                else:                                       # large data: one minibatch at a time
+                    Xb, yb = X[idx[k]], y[idx[k]]
+                if t >= off or not needs_noise:
+                    Yb = yb
+                elif full_batch or per_chunk:
+                    Yb = Yc[k]
+                else:
+                    Yb = yb + _scale(sigma, Z[k])
+                P, r = step(P, Xb, Yb)
                 t += 1
                 if t % every == 0 or t == steps:
                     record(t, P, hint)
-            _check_finite(batch_loss, t, hint)
-    return record.trajectory()
+            check_finite(r.pow(2).mean(1), t, hint)
+    return record.trajectory(config)
 
 
-# ----------------------------------------------------------------------------- the explicit flow
-
-def regularized_gd(model: Callable, params: dict, X, y, *, lr: float, lam: float, steps: int,
+def regularized_gd(model: Callable, params: dict, X, y, *, lr, lam, steps: int,
                    record_every: int | None = None, stacked: bool = False, record_reg: bool = True,
-                   fast: bool = True) -> Trajectory:
+                   fast: bool = True, threads: int | None = 1) -> Trajectory:
     """Full-batch gradient descent on L(θ) + λ·reg(θ), L = (1/n) Σ_i (h(x_i; θ) − y_i)².
 
-    With λ = implicit_lambda(lr, noise_std, batch_size) this is the flow label-noise SGD follows near
-    the zero-error manifold. Same conventions, records and errors as ``label_noise_sgd``.
+    The same loop as ``label_noise_sgd`` with noise_std = 0 and batch_size = n. With
+    λ = implicit_lambda(lr, noise_std, batch_size) it is the flow label-noise SGD follows near the
+    zero-error manifold. Same conventions, records and errors.
     """
-    _validate.as_params(params)
-    dtype = next(iter(params.values())).dtype
-    X, y = _validate.as_data(X, y, dtype=dtype)
-    lr = _validate.positive(lr, "lr")
-    lam = _validate.nonnegative(lam, "lam")
-    steps = _validate.count(steps, "steps", minimum=0)
-    every = _record_points(steps, record_every)
-    P, C = _stack(params, None, stacked)
-    check_model_output(model, {k: v[0] for k, v in P.items()}, X[0])
-    n = X.shape[0]
-
-    cf = closed_form_of(model)
-    if fast and cf is not None and cf.reg_grad is not None:
-        XC = X.expand(C, *X.shape)
-
-        def total_grad(P):
-            r = cf.forward(P, XC) - y
-            g_loss = cf.vjp(P, XC, r * (2.0 / n))
-            g_reg = cf.reg_grad(P, X)
-            return {k: g_loss[k] + lam * g_reg[k] for k in P}
-    else:
-        def objective(p):
-            out = vmap(model, in_dims=(None, 0))(p, X)
-            return (out - y).pow(2).mean() + lam * _sq_norms_generic(model, p, X).mean()
-
-        total_grad = vmap(grad(objective))
-
-    hint = f"Lower lr (now {lr:g}) or lam (now {lam:g})."
-    record = _Recorder(model, X, y, record_reg, fast)
-    record(0, P, hint)
-    for t in range(1, steps + 1):
-        g = total_grad(P)
-        with torch.no_grad():
-            P = {k: P[k] - lr * g[k] for k in P}
-        if t % every == 0 or t == steps:
-            record(t, P, hint)
-        elif t % _CHUNK == 0:
-            _check_finite(full_data_loss(model, P, X, y), t, hint)
-    return record.trajectory()
+    X_ = torch.as_tensor(X)
+    n = X_.shape[0] if X_.ndim else 1
+    return label_noise_sgd(model, params, X, y, lr=lr, noise_std=0.0, lam=lam, steps=steps,
+                           batch_size=n, record_every=record_every, stacked=stacked,
+                           record_reg=record_reg, fast=fast, threads=threads)

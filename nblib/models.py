@@ -58,29 +58,33 @@ def two_layer_relu(params: dict, x: torch.Tensor) -> torch.Tensor:
     return (params["c"] * torch.relu(pre)).sum() + params["a0"] * x + params["b0"]
 
 
-def _relu_pre(P, Xb):
-    """[C, B, m]: a_i x_b + b_i for every chain (broadcast products: torch.compile fuses them into one loop,
-    where a batch of tiny matrix products would not fuse)."""
-    return P["b"].unsqueeze(1) + Xb.unsqueeze(2) * P["a"].unsqueeze(1)
+def relu_preactivations(P, Xb):
+    """[C, B, m]: a_i x_b + b_i for every chain; Xb is [C, B] (per chain) or [n] (shared).
+
+    Broadcast products: torch.compile fuses them into one loop, where a batch of tiny matrix products
+    would not fuse."""
+    return P["b"].unsqueeze(1) + Xb.unsqueeze(-1) * P["a"].unsqueeze(1)
+
+
 
 
 def _relu_forward(P, Xb):
-    act = torch.relu(_relu_pre(P, Xb))
+    act = torch.relu(relu_preactivations(P, Xb))
     return (act * P["c"].unsqueeze(1)).sum(-1) + P["a0"][:, None] * Xb + P["b0"][:, None]
 
 
 def _relu_vjp(P, Xb, r):
-    pre = _relu_pre(P, Xb)
+    pre = relu_preactivations(P, Xb)
     rr = r.unsqueeze(2)                                             # [C, B, 1]
     r_on = _relu_masked(rr, pre)                                    # r_b·1{a_i x_b + b_i > 0}
-    return {"a": P["c"] * (r_on * Xb.unsqueeze(2)).sum(1), "b": P["c"] * r_on.sum(1),
+    return {"a": P["c"] * (r_on * Xb.unsqueeze(-1)).sum(1), "b": P["c"] * r_on.sum(1),
             "c": (rr * torch.relu(pre)).sum(1), "a0": (r * Xb).sum(1), "b0": r.sum(1)}
 
 
 def _relu_sq_grad_norms(P, X):
     """‖∇h(x_j)‖² = Σ_i [σ(a_i x_j + b_i)² + c_i²(1 + x_j²)·1{a_i x_j + b_i > 0}] + (1 + x_j²)."""
     C = P["a"].shape[0]
-    pre = _relu_pre(P, X.expand(C, -1))
+    pre = relu_preactivations(P, X.expand(C, -1))
     on = (pre > 0).to(pre.dtype)
     one_x2 = 1 + X ** 2
     return (torch.relu(pre) ** 2).sum(-1) + one_x2 * torch.bmm(on, (P["c"] ** 2).unsqueeze(2)).squeeze(2) + one_x2
@@ -89,7 +93,7 @@ def _relu_sq_grad_norms(P, X):
 def _relu_reg_grad(P, X):
     """∇ of (1/n) Σ_j ‖∇h(x_j)‖² (the indicator has zero derivative almost everywhere)."""
     C, n = P["a"].shape[0], X.shape[0]
-    pre = _relu_pre(P, X.expand(C, -1))
+    pre = relu_preactivations(P, X.expand(C, -1))
     act = torch.relu(pre)
     on = (pre > 0).to(pre.dtype)
     one_x2 = (1 + X ** 2).expand(C, 1, n)
@@ -248,6 +252,185 @@ def init_mlp(sizes: list[int], *, generator: torch.Generator | None = None,
 
 # ----------------------------------------------------------------------------- matrix sensing
 
-# h(A; U) = ⟨A, UUᵀ⟩ (Blanc et al. §4.1), with closed forms (∇_U h = (A + Aᵀ)U, reg = ⟨M, UUᵀ⟩):
-# defined in nblib.matrix_sensing, re-exported here.
-from .matrix_sensing import matrix_sensing  # noqa: E402,F401
+def matrix_sensing(params: dict, A: torch.Tensor) -> torch.Tensor:
+    """h(A; U) = ⟨A, UUᵀ⟩ (Blanc et al. §4.1), U ∈ R^{d×d}; ∇_U h = (A + Aᵀ)U.
+
+    reg(U) = (1/n) Σ_i ‖(A_i + A_iᵀ)U‖_F² = ⟨M, UUᵀ⟩ with M = (1/n) Σ_i (A_i + A_iᵀ)², and ∇reg = 2MU.
+    """
+    U = params["U"]
+    return (A * (U @ U.T)).sum()
+
+
+def _gram_flat(P):
+    U = P["U"]
+    return (U @ U.transpose(-1, -2)).reshape(U.shape[0], -1)      # [C, d²]
+
+
+def _sensing_forward(P, Ab):
+    """[C, B]: ⟨A_b, U_c U_cᵀ⟩; Ab is [n, d, d] (shared) or [C, B, d, d] (per chain)."""
+    G = _gram_flat(P)
+    if Ab.ndim == 3:
+        return G @ Ab.reshape(Ab.shape[0], -1).T
+    return torch.bmm(Ab.reshape(*Ab.shape[:2], -1), G.unsqueeze(2)).squeeze(2)
+
+
+def _sensing_vjp(P, Ab, r):
+    """{U: [C, d, d]}: Σ_b r_cb (A_b + A_bᵀ) U_c."""
+    U = P["U"]
+    if Ab.ndim == 3:
+        S = r @ Ab.reshape(Ab.shape[0], -1)
+    else:
+        S = torch.bmm(r.unsqueeze(1), Ab.reshape(*Ab.shape[:2], -1)).squeeze(1)
+    S = S.reshape(U.shape)
+    return {"U": (S + S.transpose(-1, -2)) @ U}
+
+
+def _sensing_sq_grad_norms(P, A):
+    """[C, n]: ‖(A_i + A_iᵀ)U_c‖_F²."""
+    sym = A + A.transpose(-1, -2)
+    return torch.einsum("nij,cjk->cnik", sym, P["U"]).pow(2).sum((-2, -1))
+
+
+_METRIC_CACHE: dict = {}
+
+
+def sensing_metric(A: torch.Tensor) -> torch.Tensor:
+    """M = (1/n) Σ_i (A_i + A_iᵀ)², so that reg(U) = ⟨M, UUᵀ⟩ exactly. A: [n, d, d] -> [d, d].
+
+    The last M computed is kept (keyed on the tensor's storage, shape, dtype and version), so a loop
+    that needs ∇reg = 2MU at every step forms M once."""
+    if not isinstance(A, torch.Tensor) or A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] == 0:
+        shape = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise ValueError(f"sensing matrices must be a tensor of shape [n, d, d] with n >= 1; got {shape}")
+    key = (A.data_ptr(), tuple(A.shape), A.dtype, A.device, A._version)
+    if _METRIC_CACHE.get("key") != key:
+        sym = A + A.transpose(-1, -2)
+        M = (sym @ sym).mean(0)
+        _METRIC_CACHE.update(key=key, M=M, M2=2 * M)
+    return _METRIC_CACHE["M"]
+
+
+def _sensing_reg(P, A):
+    """[C]: ⟨M, U_c U_cᵀ⟩."""
+    return _gram_flat(P) @ sensing_metric(A).reshape(-1)
+
+
+def _sensing_reg_grad(P, A):
+    """{U: [C, d, d]}: ∇_U reg = 2MU."""
+    sensing_metric(A)
+    return {"U": _METRIC_CACHE["M2"] @ P["U"]}
+
+
+with_closed_form(matrix_sensing, forward=_sensing_forward, vjp=_sensing_vjp,
+                 sq_grad_norms=_sensing_sq_grad_norms, reg=_sensing_reg, reg_grad=_sensing_reg_grad)
+
+
+# ----------------------------------------------------------------------------- sigmoid / tanh units
+
+ACTIVATIONS = ("logistic", "tanh")
+
+
+def check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def activation_derivatives(activation: str, z: torch.Tensor):
+    """σ(z), σ'(z), σ''(z) for the logistic function or tanh, each written through h = σ(z)."""
+    if check_activation(activation) == "logistic":
+        h = torch.sigmoid(z)
+        d1 = h * (1 - h)
+        return h, d1, d1 * (1 - 2 * h)
+    h = torch.tanh(z)
+    d1 = 1 - h * h
+    return h, d1, -2 * h * d1
+
+
+def _unit_net(activation: str):
+    act = activation
+
+    def model(params: dict, x: torch.Tensor) -> torch.Tensor:
+        z = params["W"] @ x
+        h = torch.sigmoid(z) if act == "logistic" else torch.tanh(z)
+        return (params["c"] * h).sum()
+
+    model.__name__ = f"{act}_net"
+    model.__doc__ = (f"f(x) = Σ_i c_i σ(w_iᵀx) with σ = {act}; params c: [m], W: [m, d] (row i is w_i), "
+                     "x: [d] (Blanc et al. Theorem 3).")
+
+    def pre(P, Xb):
+        """[C, B, m]: w_iᵀx_b; Xb is [C, B, d] or [n, d] (shared). For d = 1 (a one-point run
+        reduced to the line of x) a broadcast product, cheaper than a batch of 1×1 matrix products."""
+        if Xb.shape[-1] == 1:
+            return Xb * P["W"][..., 0].unsqueeze(1)
+        return torch.matmul(Xb, P["W"].transpose(1, 2))
+
+    def forward(P, Xb):
+        h = activation_derivatives(act, pre(P, Xb))[0]
+        return (h * P["c"].unsqueeze(1)).sum(-1)
+
+    def vjp(P, Xb, r):
+        h, d1, _ = activation_derivatives(act, pre(P, Xb))
+        rr = r.unsqueeze(2)
+        g_c = (rr * h).sum(1)                                                  # Σ_b r_b h_bi
+        if Xb.shape[-1] == 1:
+            g_W = (P["c"] * (rr * d1 * Xb).sum(1)).unsqueeze(-1)
+        else:
+            g_W = P["c"].unsqueeze(2) * torch.matmul((rr * d1).transpose(1, 2), Xb)
+        return {"c": g_c, "W": g_W}
+
+    def loss_grad(P, Xb, Yb):
+        """(∇ (1/B) Σ_b (f(x_b) − Y_b)², residuals [C, B]) in one pass: forward and vjp share σ and
+        σ' (written with as few tensor operations as possible: a one-point run is overhead-bound)."""
+        z = pre(P, Xb)
+        h = torch.sigmoid(z) if act == "logistic" else torch.tanh(z)
+        hh = h * h
+        d1 = h - hh if act == "logistic" else torch.rsub(hh, 1.0)
+        r = (h * P["c"].unsqueeze(1)).sum(-1) - Yb
+        rr = r.unsqueeze(2) * (2.0 / r.shape[1])
+        g_c = (rr * h).sum(1)
+        if Xb.shape[-1] == 1:
+            g_W = (P["c"] * (rr * d1 * Xb).sum(1)).unsqueeze(-1)
+        else:
+            g_W = P["c"].unsqueeze(2) * torch.matmul((rr * d1).transpose(1, 2), Xb)
+        return {"c": g_c, "W": g_W}, r
+
+    def sq_grad_norms(P, X):
+        """[C, n]: Σ_i [σ(w_iᵀx_j)² + c_i² σ'(w_iᵀx_j)² ‖x_j‖²]."""
+        h, d1, _ = activation_derivatives(act, pre(P, X))
+        a = (X * X).sum(-1)                                                    # [n]
+        return (h * h).sum(-1) + a * torch.matmul(d1 * d1, (P["c"] ** 2).unsqueeze(2)).squeeze(2)
+
+    def reg_grad(P, X):
+        """∇ of (1/n) Σ_j ‖∇f(x_j)‖²: ∂/∂c_i = (2/n) Σ_j c_i σ'² a_j,
+        ∂/∂w_i = (2/n) Σ_j [h σ' + c_i² σ' σ'' a_j] x_j."""
+        n = X.shape[0]
+        h, d1, d2 = activation_derivatives(act, pre(P, X))                    # [C, n, m]
+        a = (X * X).sum(-1)[None, :, None]                                     # [1, n, 1]
+        c2 = (P["c"] ** 2).unsqueeze(1)                                        # [C, 1, m]
+        g_c = (2.0 / n) * P["c"] * (d1 * d1 * a).sum(1)
+        coef = (2.0 / n) * (h * d1 + c2 * d1 * d2 * a)                         # [C, n, m]
+        return {"c": g_c, "W": torch.matmul(coef.transpose(1, 2), X)}
+
+    return with_closed_form(model, forward=forward, vjp=vjp, sq_grad_norms=sq_grad_norms,
+                            reg_grad=reg_grad, loss_grad=loss_grad)
+
+
+logistic_net = _unit_net("logistic")
+tanh_net = _unit_net("tanh")
+UNIT_NETS = {"logistic": logistic_net, "tanh": tanh_net}
+
+
+def init_unit_net(width: int, dim: int, *, chains: int, scale: float = 1.0,
+                  generator: torch.Generator | None = None,
+                  dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """One random init per chain, stacked: c ~ N(0, scale²/width) [C, m], W ~ N(0, scale²/dim) [C, m, d]."""
+    for value, name in ((width, "width"), (dim, "dim"), (chains, "chains")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    g = dict(generator=generator, dtype=dtype)
+    return {"c": scale * torch.randn(chains, width, **g) / math.sqrt(width),
+            "W": scale * torch.randn(chains, width, dim, **g) / math.sqrt(dim)}

@@ -15,8 +15,12 @@ stationarity relations
     logistic:  h_i = o_i² a / (1 + o_i² a)          tanh:  h_i² = sqrt(o_i² a / (o_i² a + 1)),
 
 and, with h_i eliminated, R = Σ_i r(o_i) with r(o) = s/(1 + s) (logistic) or r(o) = 2u/(1 + u),
-u = sqrt(s/(1 + s)) (tanh), s = a o². The models carry closed forms (``nblib.with_closed_form``) so that
-label-noise SGD runs many chains as one batched tensor computation.
+u = sqrt(s/(1 + s)) (tanh), s = a o². The models (``nblib.models.logistic_net``, ``tanh_net``) carry
+closed forms, so label-noise SGD runs many chains as one batched tensor computation.
+
+On one example the step w_i ← w_i − 2η r c_i σ'(w_iᵀx) x never changes the part of w_i orthogonal to x.
+So a run in d dimensions is exactly the run of the same network on the 1-D input ‖x‖ whose weights
+are the components w_iᵀx̂ (``along_x``): the chapter runs that reduction.
 """
 from __future__ import annotations
 
@@ -24,93 +28,33 @@ import math
 
 import torch
 
-from .label_noise import DivergenceError
-from .regularizer import with_closed_form
+from .models import (ACTIVATIONS, UNIT_NETS, activation_derivatives, check_activation,
+                     init_unit_net, logistic_net, tanh_net)
 
-ACTIVATIONS = ("logistic", "tanh")
+MODELS = UNIT_NETS                       # {"logistic": logistic_net, "tanh": tanh_net}
+init_params = init_unit_net
+
+__all__ = ["ACTIVATIONS", "MODELS", "along_x", "cluster_diameter", "count_clusters", "init_params", "logistic_net",
+           "paper_R", "predicted_optimum", "reduced_r", "stationarity_residual", "stationary_h",
+           "tanh_net", "unit_pairs"]
+
+
+def along_x(params: dict, x) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The exact 1-D reduction of a one-point run: ({c, W: [..., m, 1]}, X = [[‖x‖]]).
+
+    W_i ↦ w_iᵀx̂ (the only part of w_i a step on the example x moves), x ↦ ‖x‖, so that
+    w_iᵀx = (w_iᵀx̂)·‖x‖ and the network's output, gradient norms and updates are unchanged."""
+    x = _check_x(x).to(params["W"].dtype)
+    norm = x.norm()
+    return {"c": params["c"], "W": (params["W"] @ (x / norm)).unsqueeze(-1)}, norm.reshape(1, 1)
 
 
 def _check_activation(activation: str) -> str:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return activation
+    return check_activation(activation)
 
 
-def _act(activation: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """σ(z), σ'(z), σ''(z), each written through h = σ(z)."""
-    if activation == "logistic":
-        h = torch.sigmoid(z)
-        d1 = h * (1 - h)
-        return h, d1, d1 * (1 - 2 * h)
-    h = torch.tanh(z)
-    d1 = 1 - h * h
-    return h, d1, -2 * h * d1
-
-
-# ----------------------------------------------------------------------------- the models
-
-def _make_model(activation: str):
-    def model(params: dict, x: torch.Tensor) -> torch.Tensor:
-        z = params["W"] @ x
-        h = torch.sigmoid(z) if activation == "logistic" else torch.tanh(z)
-        return (params["c"] * h).sum()
-
-    model.__name__ = f"{activation}_net"
-    model.__doc__ = (f"f(x) = Σ_i c_i σ(w_iᵀx) with σ = {activation}; params c: [m], W: [m, d] (row i is w_i), "
-                     "x: [d].")
-
-    def pre(P, Xb):
-        """[C, B, m]: w_iᵀx_b for every chain."""
-        return torch.bmm(Xb, P["W"].transpose(1, 2))
-
-    def forward(P, Xb):
-        h = _act(activation, pre(P, Xb))[0]
-        return torch.bmm(h, P["c"].unsqueeze(2)).squeeze(2)
-
-    def vjp(P, Xb, r):
-        h, d1, _ = _act(activation, pre(P, Xb))
-        g_c = torch.bmm(r.unsqueeze(1), h).squeeze(1)                          # Σ_b r_b h_bi
-        g_W = P["c"].unsqueeze(2) * torch.bmm((r.unsqueeze(2) * d1).transpose(1, 2), Xb)
-        return {"c": g_c, "W": g_W}
-
-    def sq_grad_norms(P, X):
-        """[C, n]: Σ_i [σ(w_iᵀx_j)² + c_i² σ'(w_iᵀx_j)² ‖x_j‖²]."""
-        C = P["c"].shape[0]
-        h, d1, _ = _act(activation, pre(P, X.expand(C, *X.shape)))
-        a = (X * X).sum(-1)                                                    # [n]
-        return (h * h).sum(-1) + a * torch.bmm(d1 * d1, (P["c"] ** 2).unsqueeze(2)).squeeze(2)
-
-    def reg_grad(P, X):
-        """∇ of (1/n) Σ_j ‖∇f(x_j)‖²: ∂/∂c_i = (2/n) Σ_j c_i σ'² a_j,
-        ∂/∂w_i = (2/n) Σ_j [h σ' + c_i² σ' σ'' a_j] x_j."""
-        C, n = P["c"].shape[0], X.shape[0]
-        h, d1, d2 = _act(activation, pre(P, X.expand(C, *X.shape)))          # [C, n, m]
-        a = (X * X).sum(-1)[None, :, None]                                     # [1, n, 1]
-        c2 = (P["c"] ** 2).unsqueeze(1)                                        # [C, 1, m]
-        g_c = (2.0 / n) * P["c"] * (d1 * d1 * a).sum(1)
-        coef = (2.0 / n) * (h * d1 + c2 * d1 * d2 * a)                         # [C, n, m]
-        g_W = torch.bmm(coef.transpose(1, 2), X.expand(C, *X.shape))
-        return {"c": g_c, "W": g_W}
-
-    return with_closed_form(model, forward=forward, vjp=vjp, sq_grad_norms=sq_grad_norms, reg_grad=reg_grad)
-
-
-logistic_net = _make_model("logistic")
-tanh_net = _make_model("tanh")
-MODELS = {"logistic": logistic_net, "tanh": tanh_net}
-
-
-def init_params(width: int, dim: int, *, chains: int, scale: float = 1.0, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """One random init per chain, stacked: c ~ N(0, scale²/width) [C, m], W ~ N(0, scale²/dim) [C, m, d]."""
-    for value, name in ((width, "width"), (dim, "dim"), (chains, "chains")):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    g = dict(generator=generator, dtype=dtype)
-    return {"c": scale * torch.randn(chains, width, **g) / math.sqrt(width),
-            "W": scale * torch.randn(chains, width, dim, **g) / math.sqrt(dim)}
+def _act(activation: str, z: torch.Tensor):
+    return activation_derivatives(activation, z)
 
 
 # ----------------------------------------------------------------------------- unit coordinates and R
@@ -200,109 +144,6 @@ def predicted_optimum(y: float, width: int, x_norm2: float, activation: str) -> 
     u = math.sqrt(s / (1 + s))
     h = math.sqrt(u)
     return {"o": y, "h": h, "c": y / h, "R": 2 * u / (1 + u), "active": 1}
-
-
-# ----------------------------------------------------------------------------- exact dynamics in (c, z)
-
-def _check_run(c, z, x_norm2, y, lr):
-    if c.ndim != 2 or c.shape != z.shape:
-        raise ValueError(f"c and z must both have shape [chains, units]; got {tuple(c.shape)} and {tuple(z.shape)}")
-    if not (torch.isfinite(c).all() and torch.isfinite(z).all()):
-        raise ValueError("c or z contains NaN or infinite values")
-    for value, name in ((x_norm2, "x_norm2"), (lr, "lr")):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    if not (isinstance(y, (int, float)) and math.isfinite(y)):
-        raise ValueError(f"y must be a finite number, got {y!r}")
-
-
-class UnitTrajectory:
-    """Records of a run in unit coordinates: steps [T], c and z [T, C, m], loss [T, C] = (f − y)²."""
-
-    def __init__(self, steps, c, z, loss):
-        self.steps, self.c, self.z, self.loss = steps, c, z, loss
-
-    def h(self, activation: str) -> torch.Tensor:
-        return _act(_check_activation(activation), self.z)[0]
-
-
-def label_noise_units(activation: str, c: torch.Tensor, z: torch.Tensor, x_norm2: float, y: float, *,
-                      lr: float, noise_std: float, steps: int, seed: int = 0,
-                      record_every: int | None = None) -> UnitTrajectory:
-    """Label-noise SGD on one example, run exactly in the unit coordinates (c_i, z_i = w_iᵀx).
-
-    With r = f − y − Z (Z ~ N(0, noise_std²)), the step w_i ← w_i − 2η r c_i σ'(z_i) x never changes the
-    part of w_i orthogonal to x, so it is exactly z_i ← z_i − 2η r c_i σ'(z_i) ‖x‖², c_i ← c_i − 2η r h_i.
-    The noise stream is the one ``nblib.label_noise_sgd`` draws for n = B = 1 with the same seed and dtype,
-    so the two give the same trajectory (tested). c, z: [C, m].
-    """
-    _check_activation(activation)
-    _check_run(c, z, x_norm2, y, lr)
-    if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std >= 0):
-        raise ValueError(f"noise_std must be a non-negative finite number, got {noise_std!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    every = max(1, steps // 100) if record_every is None else int(record_every)
-    if every < 1:
-        raise ValueError(f"record_every must be >= 1, got {record_every!r}")
-    C = c.shape[0]
-    c, z = c.clone(), z.clone()
-    gen = torch.Generator().manual_seed(seed)
-    chunk = 256                                   # as nblib.label_noise_sgd draws its noise
-    rec_t, rec_c, rec_z = [0], [c.clone()], [z.clone()]
-    t = 0
-    two_lr = 2 * lr
-    with torch.no_grad():
-        while t < steps:
-            K = min(chunk, steps - t)
-            Y = y + noise_std * torch.randn(chunk, C, 1, generator=gen, dtype=c.dtype)[:K]
-            for k in range(K):
-                h, d1, _ = _act(activation, z)
-                r = (c * h).sum(1, keepdim=True) - Y[k]               # [C, 1]
-                c_new = c - two_lr * r * h
-                z = z - (two_lr * x_norm2) * r * c * d1
-                c = c_new
-                t += 1
-                if t % every == 0 or t == steps:
-                    rec_t.append(t), rec_c.append(c.clone()), rec_z.append(z.clone())
-            if not (torch.isfinite(c).all() and torch.isfinite(z).all()) or c.abs().max() > 1e15:
-                raise DivergenceError(f"the run diverged by step {t}: lower lr (now {lr:g}) "
-                                         f"or noise_std (now {noise_std:g})")
-    return _trajectory(activation, rec_t, rec_c, rec_z, y)
-
-
-def regularized_gd_units(activation: str, c: torch.Tensor, z: torch.Tensor, x_norm2: float, y: float, *,
-                         lr: float, lam: float, steps: int, record_every: int | None = None) -> UnitTrajectory:
-    """The explicit flow, GD on (f − y)² + λ·R, run exactly in (c_i, z_i): the W-gradient g_z·x moves
-    z_i by −η·‖x‖²·∂/∂z_i. ∂/∂c_i = 2(f − y)h_i + 2λ a c_i σ'²; ∂/∂z_i = 2(f − y)c_i σ' + 2λ(hσ' + a c_i² σ'σ'')."""
-    _check_activation(activation)
-    _check_run(c, z, x_norm2, y, lr)
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a non-negative finite number, got {lam!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    every = max(1, steps // 100) if record_every is None else int(record_every)
-    c, z = c.clone(), z.clone()
-    rec_t, rec_c, rec_z = [0], [c.clone()], [z.clone()]
-    a = x_norm2
-    with torch.no_grad():
-        for t in range(1, steps + 1):
-            h, d1, d2 = _act(activation, z)
-            r = (c * h).sum(1, keepdim=True) - y
-            g_c = 2 * r * h + (2 * lam * a) * c * d1 * d1
-            g_z = 2 * r * c * d1 + (2 * lam) * (h * d1 + a * c * c * d1 * d2)
-            c, z = c - lr * g_c, z - (lr * a) * g_z
-            if t % every == 0 or t == steps:
-                rec_t.append(t), rec_c.append(c.clone()), rec_z.append(z.clone())
-                if not (torch.isfinite(c).all() and torch.isfinite(z).all()):
-                    raise DivergenceError(f"the flow diverged by step {t}: lower lr (now {lr:g}) or lam")
-    return _trajectory(activation, rec_t, rec_c, rec_z, y)
-
-
-def _trajectory(activation, rec_t, rec_c, rec_z, y):
-    c, z = torch.stack(rec_c), torch.stack(rec_z)
-    f = (c * _act(activation, z)[0]).sum(-1)
-    return UnitTrajectory(torch.tensor(rec_t), c, z, (f - y) ** 2)
 
 
 # ----------------------------------------------------------------------------- clustering of units

@@ -29,15 +29,20 @@ class ClosedForm:
     forward(P, Xb) -> [C, B]                 h(θ_c, x_cb)
     vjp(P, Xb, r) -> {name: [C, *shape]}     Σ_b r_cb ∇_θ h(θ_c, x_cb)
     sq_grad_norms(P, X) -> [C, n]            ‖∇_θ h(θ_c, x_i)‖²   (optional)
+    reg(P, X) -> [C]                         reg(θ_c), when cheaper than the mean of the above (optional)
     reg_grad(P, X) -> {name: [C, *shape]}    ∇_θ reg(θ_c)          (optional)
     reg_and_grad(P, X) -> ([C], {name: ...}) reg and ∇reg in one pass (optional)
+    loss_grad(P, Xb, Yb) -> ({name: ...}, r)  ∇ (1/B) Σ_b (h(θ_c, x_cb) − Y_cb)² and the residuals r
+                                             [C, B], in one pass (optional: else forward + vjp)
     """
 
     forward: Callable
     vjp: Callable
     sq_grad_norms: Callable | None = None
+    reg: Callable | None = None
     reg_grad: Callable | None = None
     reg_and_grad: Callable | None = None
+    loss_grad: Callable | None = None
 
 
 def with_closed_form(model: Callable, **pieces) -> Callable:
@@ -88,12 +93,37 @@ def per_example_sq_grad_norms(model: Callable, params: dict, X, *, stacked: bool
     return _sq_norms_generic(model, params, X)
 
 
+def trainable_sq_grad_norms(model: Callable, params: dict, X, trainable: dict) -> torch.Tensor:
+    """[C, n]: ‖m ⊙ ∇_θ h(x_i; θ_c)‖² for stacked params, with 0/1 masks m = trainable[name]
+    (broadcastable to the stacked shape; names not given count as trainable): the terms of the
+    regularizer of a run in which the masked-out parameters are frozen. torch.func per-example
+    gradients (no closed form: a frozen layer changes which terms there are)."""
+    _validate.as_params(params)
+    dtype = next(iter(params.values())).dtype
+    X, _ = _validate.as_data(X, dtype=dtype)
+    _validate.stacked_chains(params)
+    masks = {k: torch.as_tensor(trainable.get(k, 1.0), dtype=dtype).expand_as(v)
+             for k, v in params.items()}
+    grads = vmap(lambda p: per_example_grads(model, p, X))(params)          # {k: [C, n, *shape]}
+    C, n = next(iter(grads.values())).shape[:2]
+    return sum((g * masks[k].unsqueeze(1)).pow(2).reshape(C, n, -1).sum(-1) for k, g in grads.items())
+
+
 def implicit_regularizer(model: Callable, params: dict, X, *, stacked: bool = False,
                          fast: bool = True) -> torch.Tensor:
     """reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²: a scalar, or [C] when params are stacked over C chains.
 
     Differentiable with respect to ``params``.
     """
+    cf = closed_form_of(model)
+    if fast and cf is not None and cf.reg is not None:
+        _validate.as_params(params)
+        dtype = next(iter(params.values())).dtype
+        X, _ = _validate.as_data(X, dtype=dtype)
+        if stacked:
+            _validate.stacked_chains(params)
+            return cf.reg(params, X)
+        return cf.reg({k: v.unsqueeze(0) for k, v in params.items()}, X)[0]
     return per_example_sq_grad_norms(model, params, X, stacked=stacked, fast=fast).mean(-1)
 
 

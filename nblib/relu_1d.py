@@ -13,8 +13,8 @@ The paper's regularizer for this model (ReLU'(0) taken as 0) is
 and nblib's reg = R/n (``paper_R`` computes R independently of nblib's closed form).
 
 Also here: the data of the chapter, the shape measurements (curve length, deviation from a line,
-convexity changes forced by the data), the model with layers frozen per chain (``masked_relu``, with its
-own closed form so that label-noise SGD takes the fast batched path) and a Gauss–Newton projection onto
+convexity changes forced by the data), the masks that freeze the inner layer per chain (for
+``nblib.label_noise_sgd``'s ``trainable``) and a Gauss–Newton projection onto
 the zero-error manifold (``project_to_interpolant``) that removes the normal fluctuation of a noisy iterate.
 """
 from __future__ import annotations
@@ -23,8 +23,10 @@ import math
 
 import torch
 
-from .models import _relu_forward, _relu_masked, _relu_pre, two_layer_relu
-from .regularizer import with_closed_form
+from .models import relu_preactivations, two_layer_relu
+from .regularizer import closed_form_of
+
+_forward = closed_form_of(two_layer_relu).forward      # [C, B]: f_θ(x_b) for stacked params
 
 PARAM_NAMES = ("a", "b", "c", "a0", "b0")
 
@@ -148,7 +150,7 @@ def evaluate(params: dict, x) -> torch.Tensor:
     C = _check_stacked(params)
     x = _as_1d(x, "x", dtype=params["a"].dtype)
     with torch.no_grad():
-        return _relu_forward(params, x.expand(C, -1))
+        return _forward(params, x.expand(C, -1))
 
 
 def curve_length(params: dict, lo: float, hi: float, *, points: int = 4001) -> torch.Tensor:
@@ -250,101 +252,32 @@ def init_chains(width: int, chains: int, *, scale_ab: float, scale_c: float, see
 
 # ----------------------------------------------------------------------------- layers frozen per chain
 
-def _masked(P: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """[C, 1] masks: t_in (inner layer a, b trainable) and t_out (outer layer c trainable)."""
-    return P["t_in"][:, None], P["t_out"][:, None]
+def inner_frozen(inner_trainable, C: int, dtype) -> dict[str, torch.Tensor]:
+    """The ``trainable`` masks of nblib.label_noise_sgd that freeze the inner layer (a, b) of the chains
+    where inner_trainable is 0: {"a": [C], "b": [C]}. The outer layer and the linear part always train
+    (the chapter's control: the effect needs both layers trainable)."""
+    t = torch.as_tensor(inner_trainable, dtype=dtype).expand(C).clone()
+    if not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(f"inner_trainable must hold 0 (frozen) or 1 (trainable) per chain, got {t.tolist()}")
+    return {"a": t, "b": t.clone()}
 
 
-def masked_relu(params: dict, x: torch.Tensor) -> torch.Tensor:
-    """f_θ(x) = Σ_i c_i σ(a_i x + b_i) + a0·x + b0, with layers frozen by the masks in ``params``.
-
-    params: a, b, c [m]; a0, b0 []; t_in, t_out [] in {0, 1}: t_in = 0 freezes the inner layer (a, b),
-    t_out = 0 the outer layer (c). The value of f does not depend on the masks; its gradient is
-    ∇_{a,b} f · t_in, ∇_c f · t_out, and 0 for the masks themselves (a frozen tensor enters as
-    t·θ + (1 − t)·detach(θ)). So label-noise SGD leaves frozen layers and masks where they are, and every
-    chain of one batched run can have its own choice of trainable layers. a0, b0 are always trainable.
-    """
-    t_in, t_out = params["t_in"], params["t_out"]
-
-    def part(theta, t):
-        return t * theta + (1 - t) * theta.detach()
-
-    return two_layer_relu({"a": part(params["a"], t_in), "b": part(params["b"], t_in),
-                           "c": part(params["c"], t_out), "a0": params["a0"], "b0": params["b0"]}, x)
-
-
-def _masked_vjp(P, Xb, r):
-    pre = _relu_pre(P, Xb)
-    t_in, t_out = _masked(P)
-    rr = r.unsqueeze(2)                                             # [C, B, 1]
-    r_on = _relu_masked(rr, pre)                                    # r_b·1{a_i x_b + b_i > 0}
-    return {
-        "a": t_in * P["c"] * (r_on * Xb.unsqueeze(2)).sum(1),
-        "b": t_in * P["c"] * r_on.sum(1),
-        "c": t_out * (rr * torch.relu(pre)).sum(1),
-        "a0": (r * Xb).sum(1), "b0": r.sum(1),
-        "t_in": torch.zeros_like(P["t_in"]), "t_out": torch.zeros_like(P["t_out"]),
-    }
-
-
-def _masked_sq_grad_norms(P, X):
-    """‖∇f(x_j)‖² = t_out² Σ_i σ(a_i x_j + b_i)² + t_in² Σ_i c_i²(1 + x_j²)·1{a_i x_j + b_i > 0} + (1 + x_j²)."""
-    C = P["a"].shape[0]
-    pre = _relu_pre(P, X.expand(C, -1))
-    on = (pre > 0).to(pre.dtype)
-    one_x2 = 1 + X ** 2
-    t_in, t_out = _masked(P)
-    return (t_out ** 2 * (torch.relu(pre) ** 2).sum(-1)
-            + t_in ** 2 * one_x2 * torch.bmm(on, (P["c"] ** 2).unsqueeze(2)).squeeze(2) + one_x2)
-
-
-def _masked_reg_grad(P, X):
-    """∇ of reg over the trainable tensors (frozen ones and masks get 0)."""
-    C, n = P["a"].shape[0], X.shape[0]
-    pre = _relu_pre(P, X.expand(C, -1))
-    act, on = torch.relu(pre), (pre > 0).to(pre.dtype)
-    t_in, t_out = _masked(P)
-    one_x2 = (1 + X ** 2).expand(C, 1, n)
-    zeros = torch.zeros_like(P["a0"])
-    return {
-        "a": t_in * t_out ** 2 * (2.0 / n) * torch.bmm(X.expand(C, 1, n), act).squeeze(1),
-        "b": t_in * t_out ** 2 * (2.0 / n) * act.sum(1),
-        "c": t_out * t_in ** 2 * (2.0 / n) * P["c"] * torch.bmm(one_x2, on).squeeze(1),
-        "a0": zeros, "b0": zeros.clone(), "t_in": zeros.clone(), "t_out": zeros.clone(),
-    }
-
-
-with_closed_form(masked_relu, forward=_relu_forward, vjp=_masked_vjp, sq_grad_norms=_masked_sq_grad_norms,
-                 reg_grad=_masked_reg_grad)
-
-
-def with_trainable(params: dict, t_in, t_out) -> dict[str, torch.Tensor]:
-    """Stacked params for ``masked_relu``: a copy of ``params`` plus per-chain masks t_in, t_out ([C], 0 or 1)."""
-    C = _check_stacked(params)
-    dtype = params["a"].dtype
-    out = {k: params[k].clone() for k in PARAM_NAMES}
-    for name, t in (("t_in", t_in), ("t_out", t_out)):
-        t = torch.as_tensor(t, dtype=dtype).expand(C).clone()
-        if not bool(((t == 0) | (t == 1)).all()):
-            raise ValueError(f"{name} must hold 0 (frozen) or 1 (trainable) per chain, got {t.tolist()}")
-        out[name] = t
-    return out
-
-
-def jacobian(params: dict, X) -> torch.Tensor:
-    """[C, n, 3m + 2]: ∇_θ f(x_j) for every chain and data point, over (a, b, c, a0, b0), masks applied."""
+def jacobian(params: dict, X, *, inner_trainable=None) -> torch.Tensor:
+    """[C, n, 3m + 2]: ∇_θ f(x_j) for every chain and data point, over (a, b, c, a0, b0); the columns of
+    a frozen inner layer (inner_trainable[c] = 0) are zero."""
     C = _check_stacked(params)
     X = _as_1d(X, "X", dtype=params["a"].dtype)
-    pre = _relu_pre(params, X.expand(C, -1))                       # [C, n, m]
+    pre = relu_preactivations(params, X.expand(C, -1))             # [C, n, m]
     on = (pre > 0).to(pre.dtype)
-    t_in = params.get("t_in", torch.ones(C, dtype=pre.dtype))[:, None, None]
-    t_out = params.get("t_out", torch.ones(C, dtype=pre.dtype))[:, None, None]
+    t_in = (torch.ones(C, dtype=pre.dtype) if inner_trainable is None
+            else torch.as_tensor(inner_trainable, dtype=pre.dtype).expand(C))[:, None, None]
     c = params["c"][:, None, :]
     xs = X[None, :, None].expand(C, -1, 1)
-    return torch.cat([t_in * c * xs * on, t_in * c * on, t_out * torch.relu(pre), xs, torch.ones_like(xs)], 2)
+    return torch.cat([t_in * c * xs * on, t_in * c * on, torch.relu(pre), xs, torch.ones_like(xs)], 2)
 
 
-def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 1e-12) -> dict[str, torch.Tensor]:
+def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 1e-12,
+                           inner_trainable=None) -> dict[str, torch.Tensor]:
     """The nearby zero-error point, by Levenberg–Marquardt steps θ ← θ − Jᵀ(JJᵀ + μI)⁻¹(f(X) − y).
 
     Each step is the smallest change of the trainable tensors that removes the linearized residual,
@@ -352,7 +285,8 @@ def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 
     the step refused otherwise), because a ReLU pattern can change within a step and JJᵀ is badly
     conditioned. From a point O(ε) off the zero-error manifold this lands on it (mean squared error
     below ``tol``) after moving O(ε): it removes the normal fluctuation of a label-noise iterate and
-    keeps its position along the manifold to first order. Runs in float64; returns the input dtype.
+    keeps its position along the manifold to first order. A chain whose inner layer is frozen
+    (inner_trainable[c] = 0) is projected with a and b fixed. Runs in float64; returns the input dtype.
     """
     C = _check_stacked(params)
     X, y = _check_data(X, y)
@@ -363,16 +297,16 @@ def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 
     eye = torch.eye(n, dtype=torch.float64)
 
     def error(Q):
-        return torch.nan_to_num((_relu_forward(Q, XC) - y).pow(2).mean(1), nan=math.inf)
+        return torch.nan_to_num((_forward(Q, XC) - y).pow(2).mean(1), nan=math.inf)
 
     err = error(P)
-    J = jacobian(P, X)
+    J = jacobian(P, X, inner_trainable=inner_trainable)
     mu = 1e-3 * torch.diagonal(J @ J.transpose(1, 2), dim1=1, dim2=2).mean(1)
     for _ in range(int(iters)):
         if bool((err <= tol).all()):
             break
-        r = _relu_forward(P, XC) - y
-        J = jacobian(P, X)
+        r = _forward(P, XC) - y
+        J = jacobian(P, X, inner_trainable=inner_trainable)
         K = J @ J.transpose(1, 2) + mu[:, None, None] * eye
         step = (J.transpose(1, 2) @ torch.linalg.solve(K, r.unsqueeze(2))).squeeze(2)
         parts = {"a": step[:, :m], "b": step[:, m:2 * m], "c": step[:, 2 * m:3 * m],
@@ -398,14 +332,14 @@ def _solve_outer_layer(P: dict, X: torch.Tensor, y: torch.Tensor, tol: float) ->
     """
     C, m = P["a"].shape
     XC = X.expand(C, -1)
-    r = _relu_forward(P, XC) - y
+    r = _forward(P, XC) - y
     J = jacobian(P, X)[:, :, 2 * m:]                               # columns of c, a0, b0
     K = J @ J.transpose(1, 2)
     K = K + 1e-13 * torch.diagonal(K, dim1=1, dim2=2).mean(1)[:, None, None] * torch.eye(len(X), dtype=K.dtype)
     step = (J.transpose(1, 2) @ torch.linalg.solve(K, r.unsqueeze(2))).squeeze(2)
     Q = dict(P, c=P["c"] - step[:, :m], a0=P["a0"] - step[:, m], b0=P["b0"] - step[:, m + 1])
     err = r.pow(2).mean(1)
-    better = ((_relu_forward(Q, XC) - y).pow(2).mean(1) < err) & (err > tol)
+    better = ((_forward(Q, XC) - y).pow(2).mean(1) < err) & (err > tol)
     return {k: torch.where(better if v.ndim == 1 else better[:, None], Q[k], v) if k in ("c", "a0", "b0") else v
             for k, v in P.items()}
 

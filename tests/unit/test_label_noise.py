@@ -171,3 +171,115 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
         run(compile=True)
+
+
+# ----------------------------------------------------------------------------- one loop: replicates, per-chain settings
+
+def test_chain_c_of_a_batched_run_equals_a_single_run_with_seed_c():
+    """seeds=[s_0, …]: each chain's randomness depends on its own seed only (minibatches and noise)."""
+    seeds = [11, 12, 13]
+    batched = run(chains=3, seeds=seeds, batch_size=3)
+    for c, s in enumerate(seeds):
+        single = run(chains=1, seed=s, batch_size=3)
+        for k in batched.params:
+            assert torch.equal(batched.params[k][:, c], single.params[k][:, 0]), (c, k)
+    assert batched.config["seeds"] == seeds
+
+
+def test_seeds_per_group_of_chains():
+    grouped = run(chains=4, seeds=[5, 6], batch_size=2)
+    pair = run(chains=2, seed=6, batch_size=2)
+    for k in grouped.params:
+        assert torch.equal(grouped.params[k][:, 2:], pair.params[k]), k
+    with pytest.raises(ValueError, match="equal groups"):
+        run(chains=4, seeds=[1, 2, 3])
+
+
+def test_per_chain_hyperparameters_equal_separate_runs():
+    params, X, y = relu_problem()
+    kw = dict(steps=200, seeds=[3, 4], chains=2, batch_size=4, record_every=200)
+    both = nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=[0.01, 0.02], noise_std=[0.3, 0.0], **kw)
+    for c, (lr, sd, s) in enumerate([(0.01, 0.3, 3), (0.02, 0.0, 4)]):
+        one = nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=lr, noise_std=sd, steps=200, seed=s,
+                                    batch_size=4, record_every=200)
+        for k in one.params:
+            assert torch.allclose(both.params[k][:, c], one.params[k][:, 0], rtol=1e-12, atol=1e-14), (c, k)
+    assert both.config["lr"] == [0.01, 0.02] and both.config["noise_std"] == [0.3, 0.0]
+
+
+def test_gathering_per_step_or_per_chunk_gives_the_same_trajectory(monkeypatch):
+    a = run(batch_size=3)
+    monkeypatch.setattr(nblib.label_noise, "GATHER_LIMIT", 0)
+    b = run(batch_size=3)
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
+
+
+def test_frozen_parameters_never_move_and_the_rest_trains():
+    params, X, y = relu_problem()
+    frozen = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1.0])}
+    tr = nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=0.01, noise_std=0.3, steps=100, chains=2,
+                               trainable=frozen, record_every=100)
+    assert torch.equal(tr.params["a"][-1, 0], params["a"]) and torch.equal(tr.params["b"][-1, 0], params["b"])
+    assert not torch.equal(tr.params["a"][-1, 1], params["a"])
+    assert not torch.equal(tr.params["c"][-1, 0], params["c"])
+    with pytest.raises(ValueError, match="lam > 0 with frozen"):
+        nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=0.01, noise_std=0.0, lam=0.1, steps=5,
+                              chains=2, trainable=frozen)
+    with pytest.raises(ValueError, match="trainable"):
+        nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=0.01, noise_std=0.0, steps=5,
+                              trainable={"nope": 1.0})
+
+
+def test_explicit_flow_is_a_chain_of_the_same_loop():
+    params, X, y = relu_problem()
+    flow = nblib.regularized_gd(two_layer_relu, params, X, y, lr=0.01, lam=0.05, steps=100, record_every=100)
+    mixed = nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=0.01, noise_std=[0.3, 0.0],
+                                  lam=[0.0, 0.05], steps=100, chains=2, batch_size=len(X), record_every=100)
+    for k in flow.params:
+        assert torch.equal(mixed.params[k][:, 1], flow.params[k][:, 0]), k
+
+
+def test_noise_off_after_ends_the_noise():
+    params, X, y = relu_problem()
+    kw = dict(lr=0.01, steps=300, batch_size=len(X), seed=2, record_every=100)
+    a = nblib.label_noise_sgd(two_layer_relu, params, X, y, noise_std=0.0, **kw)
+    b = nblib.label_noise_sgd(two_layer_relu, params, X, y, noise_std=0.5, noise_off_after=0, **kw)
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
+
+
+def test_divergence_message_names_what_to_lower():
+    params, X, y = relu_problem()
+    with pytest.raises(nblib.DivergenceError, match=r"Lower lr \(now \[1, 50\]\) or noise_std"):
+        nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=[1.0, 50.0], noise_std=1.0, steps=300,
+                              chains=2)
+    with pytest.raises(nblib.DivergenceError, match="or lam"):
+        nblib.regularized_gd(two_layer_relu, params, X, y, lr=5.0, lam=10.0, steps=300)
+
+
+def test_recorded_reg_of_a_run_with_frozen_layers_counts_only_trainable_parameters():
+    """Outer layer only: reg = (1/n) Σ_j [Σ_i σ(a_i x_j + b_i)² + 1 + x_j²] does not depend on c (closed form)."""
+    params, X, y = relu_problem()
+    frozen = {"a": torch.tensor([0.0]), "b": torch.tensor([0.0])}
+    tr = nblib.label_noise_sgd(two_layer_relu, params, X, y, lr=0.01, noise_std=0.3, steps=100, chains=1,
+                               trainable=frozen, record_every=50)
+    pre = params["a"] * X[:, None] + params["b"]
+    expected = (torch.relu(pre).pow(2).sum(1) + 1 + X ** 2).mean()
+    assert torch.allclose(tr.reg, expected.expand_as(tr.reg), rtol=1e-12)
+
+
+def test_compiled_step_follows_the_eager_trajectory():
+    """compile=True fuses gradient and update; the trajectory is the eager one up to float rounding."""
+    pytest.importorskip("torch._inductor")
+    import shutil
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler")
+    params, X, y = relu_problem(width=20)
+    params = {k: v.float() for k, v in params.items()}
+    kw = dict(lr=0.01, noise_std=0.3, steps=100, chains=4, seeds=[1, 2, 3, 4], batch_size=2,
+              record_every=100, record_reg=False)
+    eager = nblib.label_noise_sgd(two_layer_relu, params, X.float(), y.float(), **kw)
+    fused = nblib.label_noise_sgd(two_layer_relu, params, X.float(), y.float(), compile=True, **kw)
+    for k in eager.params:
+        assert torch.allclose(eager.params[k], fused.params[k], atol=1e-5), k

@@ -1,4 +1,5 @@
-"""Matrix sensing pieces: closed forms vs autograd / torch.func, the fast loop vs nblib's reference loops."""
+"""Matrix sensing pieces: closed forms vs autograd / torch.func, the closed-form step of nblib's loop vs its
+torch.func step, per-chain noise levels, the explicit flow as a chain, the noise-off tail, clear errors."""
 import math
 
 import pytest
@@ -72,38 +73,41 @@ def test_metric_is_near_2_d_plus_1_identity():
     assert abs(ratio - 1) <= float(dev) + 1e-12
 
 
-def test_run_sensing_matches_label_noise_sgd_full_and_minibatch():
+def run(P, **kw):
+    args = dict(lr=0.01, noise_std=0.5, steps=300, seed=7, record_every=50)
+    args.update(kw)
+    return nblib.label_noise_sgd(ms.matrix_sensing, {"U": torch.eye(P.d, dtype=DT)}, P.A, P.y, **args)
+
+
+def test_closed_form_step_matches_torch_func_step_full_and_minibatch():
     P = small_problem(d=4, rank=1, n=20)
-    U0 = torch.eye(4, dtype=DT)
     for B in (20, 5):
-        ref = nblib.label_noise_sgd(ms.matrix_sensing, {"U": U0}, P.A, P.y, lr=0.01, noise_std=0.5, steps=300,
-                                    chains=2, batch_size=B, seed=7, record_every=50, record_reg=True)
-        fast = ms.run_sensing(P, U0, lr=0.01, noise_std=[0.5, 0.5], steps=300, batch_size=B, seed=7,
-                              record_every=50)
+        ref = run(P, chains=2, batch_size=B, fast=False)
+        fast = run(P, chains=2, batch_size=B, fast=True)
         assert torch.equal(ref.steps, fast.steps)
         assert torch.allclose(ref.params["U"], fast.params["U"], rtol=1e-9, atol=1e-11)
         assert torch.allclose(ref.loss, fast.loss, rtol=1e-8, atol=1e-12)
         assert torch.allclose(ref.reg, fast.reg, rtol=1e-9)
 
 
-def test_run_sensing_with_lambda_matches_regularized_gd():
+def test_flow_chain_matches_regularized_gd_and_torch_func():
     P = small_problem(d=4, rank=1, n=20)
-    U0 = torch.eye(4, dtype=DT)
-    ref = nblib.regularized_gd(ms.matrix_sensing, {"U": U0}, P.A, P.y, lr=0.01, lam=0.002, steps=200,
-                               record_every=50)
-    fast = ms.run_sensing(P, U0, lr=0.01, noise_std=0.0, lam=0.002, steps=200, record_every=50)
-    assert torch.allclose(ref.params["U"], fast.params["U"], rtol=1e-9, atol=1e-11)
+    U0 = {"U": torch.eye(4, dtype=DT)}
+    ref = nblib.regularized_gd(ms.matrix_sensing, U0, P.A, P.y, lr=0.01, lam=0.002, steps=200,
+                               record_every=50, fast=False)
+    both = run(P, noise_std=[0.5, 0.0], lam=[0.0, 0.002], chains=2, batch_size=20, steps=200)
+    assert torch.allclose(ref.params["U"][:, 0], both.params["U"][:, 1], rtol=1e-9, atol=1e-11)
 
 
 def test_per_chain_noise_levels_and_noise_off_tail():
     P = small_problem(d=4, rank=1, n=20)
-    U0 = torch.eye(4, dtype=DT)
-    run = ms.run_sensing(P, U0, lr=0.01, noise_std=[0.0, 0.5], steps=100, seed=3, record_every=100)
-    plain = ms.run_sensing(P, U0, lr=0.01, noise_std=0.0, steps=100, seed=3, record_every=100)
-    assert torch.allclose(run.params["U"][:, 0], plain.params["U"][:, 0], rtol=1e-12)
-    assert not torch.allclose(run.params["U"][:, 1], plain.params["U"][:, 0])
-    off = ms.run_sensing(P, U0, lr=0.01, noise_std=0.5, steps=100, seed=3, record_every=100, noise_off_after=0)
+    mixed = run(P, noise_std=[0.0, 0.5], chains=2, batch_size=20, steps=100, seed=3)
+    plain = run(P, noise_std=0.0, batch_size=20, steps=100, seed=3)
+    assert torch.allclose(mixed.params["U"][:, 0], plain.params["U"][:, 0], rtol=1e-12)
+    assert not torch.allclose(mixed.params["U"][:, 1], plain.params["U"][:, 0])
+    off = run(P, noise_std=0.5, batch_size=20, steps=100, seed=3, noise_off_after=0)
     assert torch.allclose(off.params["U"], plain.params["U"], rtol=1e-12)
+    assert mixed.config["noise_std"] == [0.0, 0.5] and mixed.config["model"] == "matrix_sensing"
 
 
 def test_ou_floor_is_lambda_reg_for_small_steps():
@@ -130,18 +134,10 @@ def test_spectrum_effective_rank_and_nuclear_norm():
 def test_bad_input_raises_value_error():
     P = small_problem(d=4, rank=1, n=20)
     U0 = torch.eye(4, dtype=DT)
-    with pytest.raises(ValueError, match="U0"):
-        ms.run_sensing(P, torch.eye(3, dtype=DT), lr=0.01, noise_std=0.1, steps=5)
-    with pytest.raises(ValueError, match="lr"):
-        ms.run_sensing(P, U0, lr=0.0, noise_std=0.1, steps=5)
     with pytest.raises(ValueError, match="noise_std"):
-        ms.run_sensing(P, U0.expand(2, 4, 4), lr=0.01, noise_std=[0.1, 0.1, 0.1], steps=5)
-    with pytest.raises(ValueError, match="noise_std"):
-        ms.run_sensing(P, U0, lr=0.01, noise_std=-1.0, steps=5)
+        run(P, chains=2, noise_std=[0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="batch_size"):
-        ms.run_sensing(P, U0, lr=0.01, noise_std=0.1, steps=5, batch_size=21)
-    with pytest.raises(ValueError, match="NaN"):
-        ms.run_sensing(P, torch.full((4, 4), float("nan"), dtype=DT), lr=0.01, noise_std=0.1, steps=5)
+        run(P, batch_size=21)
     with pytest.raises(ValueError, match="rank"):
         ms.sensing_problem(3, 4, 10)
     with pytest.raises(ValueError, match="shape"):
@@ -153,4 +149,4 @@ def test_bad_input_raises_value_error():
 def test_divergence_names_the_learning_rate():
     P = small_problem(d=4, rank=1, n=20)
     with pytest.raises(nblib.DivergenceError, match="lr"):
-        ms.run_sensing(P, torch.eye(4, dtype=DT), lr=1.0, noise_std=1.0, steps=200, record_every=10)
+        run(P, lr=1.0, noise_std=1.0, steps=200, record_every=10, batch_size=20)

@@ -1,14 +1,12 @@
 """Two-layer logistic/tanh on one point: closed forms against torch.func, the paper's R, the stationarity
-relations at the closed-form optimum, the exact unit-coordinate dynamics against nblib, clustering, errors."""
-import math
-
+relations at the closed-form optimum, the exact 1-D reduction of a one-point run, clustering, errors."""
 import pytest
 import torch
 
 import nblib
-from nblib.one_point import (ACTIVATIONS, MODELS, count_clusters, cluster_diameter, init_params, label_noise_units,
-                             paper_R, predicted_optimum, reduced_r, regularized_gd_units, stationarity_residual,
-                             stationary_h, unit_pairs)
+from nblib.one_point import (ACTIVATIONS, MODELS, along_x, cluster_diameter, count_clusters, init_params,
+                             paper_R, predicted_optimum, reduced_r, stationarity_residual, stationary_h,
+                             unit_pairs)
 
 DT = torch.float64
 
@@ -89,29 +87,33 @@ def test_predicted_optimum_is_stationary_and_on_the_manifold():
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_unit_dynamics_equal_nblib_label_noise_sgd(activation):
+def test_reduction_to_the_line_of_x_is_exact_for_label_noise(activation):
+    """A run in d dimensions equals the run on the 1-D input ‖x‖ with weights w_iᵀx̂ (same noise stream)."""
     model, P, x = setup(activation, m=5, d=3, chains=4, seed=1)
-    y = 0.8
-    full = nblib.label_noise_sgd(model, P, x[None], torch.tensor([y], dtype=DT), lr=0.05, noise_std=0.7, steps=600,
-                                 stacked=True, seed=11, record_every=600, record_reg=False)
-    units = label_noise_units(activation, P["c"], P["W"] @ x, float(x @ x), y, lr=0.05, noise_std=0.7,
-                              steps=600, seed=11, record_every=600)
+    y = torch.tensor([0.8], dtype=DT)
+    kw = dict(lr=0.05, noise_std=0.7, steps=600, stacked=True, seed=11, record_every=600, record_reg=False)
+    full = nblib.label_noise_sgd(model, P, x[None], y, **kw)
+    P1, X1 = along_x(P, x)
+    line = nblib.label_noise_sgd(model, P1, X1, y, **kw)
     c_full, h_full = unit_pairs(full.final(), x, activation)
-    assert torch.allclose(units.c[-1], c_full, atol=1e-10)
-    assert torch.allclose(units.h(activation)[-1], h_full, atol=1e-10)
-    assert torch.allclose(units.loss[-1], full.loss[-1], atol=1e-10)
+    c_line, h_line = unit_pairs(line.final(), X1[0], activation)
+    assert torch.allclose(c_line, c_full, atol=1e-10)
+    assert torch.allclose(h_line, h_full, atol=1e-10)
+    assert torch.allclose(line.loss, full.loss, atol=1e-10)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_unit_flow_equals_nblib_regularized_gd(activation):
+def test_reduction_to_the_line_of_x_is_exact_for_the_flow(activation):
     model, P, x = setup(activation, m=5, d=3, chains=4, seed=2)
-    full = nblib.regularized_gd(model, P, x[None], torch.tensor([0.8], dtype=DT), lr=0.05, lam=0.1, steps=300,
-                                stacked=True, record_every=300, record_reg=False)
-    units = regularized_gd_units(activation, P["c"], P["W"] @ x, float(x @ x), 0.8, lr=0.05, lam=0.1, steps=300,
-                                 record_every=300)
+    y = torch.tensor([0.8], dtype=DT)
+    kw = dict(lr=0.05, lam=0.1, steps=300, stacked=True, record_every=300)
+    full = nblib.regularized_gd(model, P, x[None], y, **kw)
+    P1, X1 = along_x(P, x)
+    line = nblib.regularized_gd(model, P1, X1, y, **kw)
     c_full, h_full = unit_pairs(full.final(), x, activation)
-    assert torch.allclose(units.c[-1], c_full, atol=1e-10)
-    assert torch.allclose(units.h(activation)[-1], h_full, atol=1e-10)
+    c_line, h_line = unit_pairs(line.final(), X1[0], activation)
+    assert torch.allclose(c_line, c_full, atol=1e-10) and torch.allclose(h_line, h_full, atol=1e-10)
+    assert torch.allclose(line.reg, full.reg, atol=1e-10)
 
 
 def test_count_clusters():
@@ -134,13 +136,28 @@ def test_bad_input_raises():
         count_clusters(torch.zeros(1, 2, 2), -1.0)
     with pytest.raises(ValueError, match="shape"):
         count_clusters(torch.zeros(2, 2), 0.1)
-    with pytest.raises(ValueError, match="lr"):
-        label_noise_units("tanh", P["c"], P["W"] @ x, 1.0, 1.0, lr=0.0, noise_std=1.0, steps=3)
-    with pytest.raises(ValueError, match="NaN"):
-        label_noise_units("tanh", P["c"] * float("nan"), P["W"] @ x, 1.0, 1.0, lr=0.1, noise_std=1.0, steps=3)
-    with pytest.raises(ValueError, match="noise_std"):
-        label_noise_units("tanh", P["c"], P["W"] @ x, 1.0, 1.0, lr=0.1, noise_std=-1.0, steps=3)
+    with pytest.raises(ValueError, match="one finite input vector"):
+        along_x(P, torch.zeros(2, 3, dtype=DT))
     with pytest.raises(ValueError, match="width"):
         init_params(0, 3, chains=2)
-    with pytest.raises(FloatingPointError, match="lr"):
-        label_noise_units("logistic", P["c"], P["W"] @ x, 1.0, 1.0, lr=50.0, noise_std=5.0, steps=500)
+    P1, X1 = along_x(P, x)
+    with pytest.raises(nblib.DivergenceError, match="lr"):
+        nblib.label_noise_sgd(model, P1, X1, torch.tensor([1.0], dtype=DT), lr=50.0, noise_std=5.0, steps=500,
+                              stacked=True)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dim", [1, 3])
+def test_fused_loss_grad_equals_forward_then_vjp(activation, dim):
+    """loss_grad (one pass) = vjp of the residuals (2/B)(f − Y) after forward; d = 1 takes the broadcast path."""
+    model, P, x = setup(activation, d=dim)
+    cf = model.closed_form
+    X = torch.stack([x, 0.5 * x + 0.1])
+    Y = torch.randn(3, 2, dtype=DT, generator=torch.Generator().manual_seed(4))
+    for Xb in (X, X.expand(3, *X.shape)):                     # shared, then per chain
+        grads, r = cf.loss_grad(P, Xb, Y)
+        r_ref = cf.forward(P, Xb) - Y
+        ref = cf.vjp(P, Xb, r_ref * (2.0 / 2))
+        assert torch.allclose(r, r_ref, atol=1e-14)
+        for k in P:
+            assert torch.allclose(grads[k], ref[k], atol=1e-13), k

@@ -9,14 +9,13 @@ from nblib import relu_1d as R
 from nblib.models import two_layer_relu
 
 DT = torch.float64
-MASKS = [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)]
 
 
-def stacked(width=7, chains=3, seed=0, t_in=1.0, t_out=1.0):
+def stacked(width=7, chains=3, seed=0):
     P = R.init_chains(width, chains, scale_ab=1.0, scale_c=0.7, seed=seed, dtype=DT)
     P["a0"] += 0.3
     P["b0"] -= 0.2
-    return R.with_trainable(P, t_in, t_out)
+    return P
 
 
 def data():
@@ -25,85 +24,35 @@ def data():
 
 def autograd_grads(P, X):
     """{name: [C, n, ...]}: ∇θ f(x_j) by torch.func, chain by chain."""
-    return vmap(vmap(grad(R.masked_relu), in_dims=(None, 0)), in_dims=(0, None))(P, X)
+    return vmap(vmap(grad(two_layer_relu), in_dims=(None, 0)), in_dims=(0, None))(P, X)
 
 
-@pytest.mark.parametrize("t_in,t_out", MASKS)
-def test_masked_vjp_matches_autograd(t_in, t_out):
-    P, (X, _) = stacked(t_in=t_in, t_out=t_out), data()
-    r = torch.randn(3, len(X), generator=torch.Generator().manual_seed(1), dtype=DT)
-    g = autograd_grads(P, X)
-    vjp = R.masked_relu.closed_form.vjp(P, X.expand(3, -1), r)
-    for k in P:
-        expected = torch.einsum("cn,cn...->c...", r, g[k])
-        assert torch.allclose(vjp[k], expected, atol=1e-12), k
-    if t_in == 0:
-        assert torch.equal(vjp["a"], torch.zeros_like(vjp["a"]))
-    if t_out == 0:
-        assert torch.equal(vjp["c"], torch.zeros_like(vjp["c"]))
-
-
-@pytest.mark.parametrize("t_in,t_out", MASKS)
-def test_masked_sq_grad_norms_and_jacobian_match_autograd(t_in, t_out):
-    P, (X, _) = stacked(t_in=t_in, t_out=t_out), data()
-    fast = nblib.per_example_sq_grad_norms(R.masked_relu, P, X, stacked=True, fast=True)
-    slow = nblib.per_example_sq_grad_norms(R.masked_relu, P, X, stacked=True, fast=False)
-    assert torch.allclose(fast, slow, rtol=1e-12)
-    J = R.jacobian(P, X)
-    g = autograd_grads(P, X)
-    Ja = torch.cat([g["a"], g["b"], g["c"], g["a0"][..., None], g["b0"][..., None]], 2)
-    assert torch.allclose(J, Ja, atol=1e-12)
-
-
-def test_masked_reg_grad_matches_autograd_when_both_layers_train():
+@pytest.mark.parametrize("inner", [1.0, 0.0])
+def test_jacobian_matches_autograd_and_zeroes_a_frozen_inner_layer(inner):
     P, (X, _) = stacked(), data()
-    single = {k: v[0].clone().requires_grad_(k in R.PARAM_NAMES) for k, v in P.items()}
-    reg = nblib.implicit_regularizer(R.masked_relu, single, X, fast=False)
-    reg.backward()
-    closed = R.masked_relu.closed_form.reg_grad(P, X)
-    for k in R.PARAM_NAMES:
-        expected = single[k].grad if single[k].grad is not None else torch.zeros_like(single[k])  # a0, b0: unused
-        assert torch.allclose(closed[k][0], expected, atol=1e-10), k
-
-
-@pytest.mark.parametrize("t_in,t_out", MASKS[1:])
-def test_masked_reg_grad_vanishes_on_trainable_part_with_one_layer(t_in, t_out):
-    P, (X, _) = stacked(t_in=t_in, t_out=t_out), data()
-    g = R.masked_relu.closed_form.reg_grad(P, X)
-    trainable = ["c"] if t_out else ["a", "b"]
-    for k in trainable + ["a0", "b0"]:
-        assert torch.equal(g[k], torch.zeros_like(g[k])), k
+    J = R.jacobian(P, X, inner_trainable=inner)
+    g = autograd_grads(P, X)
+    Ja = torch.cat([inner * g["a"], inner * g["b"], g["c"], g["a0"][..., None], g["b0"][..., None]], 2)
+    assert torch.allclose(J, Ja, atol=1e-12)
 
 
 def test_reg_equals_paper_R_over_n_closed_form_and_autograd():
     P, (X, _) = stacked(width=11, chains=4, seed=3), data()
-    plain = {k: P[k] for k in R.PARAM_NAMES}
-    target = R.paper_R(plain, X) / len(X)
+    target = R.paper_R(P, X) / len(X)
     for fast in (True, False):
-        reg = nblib.implicit_regularizer(two_layer_relu, plain, X, stacked=True, fast=fast)
+        reg = nblib.implicit_regularizer(two_layer_relu, P, X, stacked=True, fast=fast)
         assert torch.allclose(reg, target, rtol=1e-12)
-    both = nblib.implicit_regularizer(R.masked_relu, P, X, stacked=True)
-    assert torch.allclose(both, target, rtol=1e-12)
 
 
-def test_outer_only_label_noise_keeps_inner_layer_and_reg():
-    P, (X, y) = stacked(t_in=0.0), data()
-    tr = nblib.label_noise_sgd(R.masked_relu, P, X, y, lr=0.01, noise_std=0.3, steps=200, stacked=True,
-                               batch_size=12, record_every=50)
-    for k in ("a", "b", "t_in", "t_out"):
-        assert torch.equal(tr.params[k][-1], P[k]), k
-    assert not torch.equal(tr.params["c"][-1], P["c"])
-    assert torch.allclose(tr.reg, tr.reg[0].expand_as(tr.reg), rtol=1e-12)
-
-
-def test_masked_and_two_layer_agree_when_both_layers_train():
+def test_outer_only_label_noise_keeps_inner_layer():
     P, (X, y) = stacked(), data()
-    plain = {k: P[k] for k in R.PARAM_NAMES}
-    kw = dict(lr=0.01, noise_std=0.2, steps=100, stacked=True, batch_size=4, seed=5, record_every=100)
-    a = nblib.label_noise_sgd(R.masked_relu, P, X, y, **kw)
-    b = nblib.label_noise_sgd(two_layer_relu, plain, X, y, **kw)
-    for k in R.PARAM_NAMES:
-        assert torch.allclose(a.params[k], b.params[k], atol=1e-12), k
+    frozen = R.inner_frozen([0.0, 1.0, 0.0], 3, DT)
+    tr = nblib.label_noise_sgd(two_layer_relu, P, X, y, lr=0.01, noise_std=0.3, steps=200, stacked=True,
+                               batch_size=12, record_every=50, trainable=frozen)
+    for c in (0, 2):
+        assert torch.equal(tr.params["a"][-1, c], P["a"][c]) and torch.equal(tr.params["b"][-1, c], P["b"][c])
+        assert not torch.equal(tr.params["c"][-1, c], P["c"][c])
+    assert not torch.equal(tr.params["a"][-1, 1], P["a"][1])
 
 
 # ----------------------------------------------------------------------------- data and shape
@@ -166,11 +115,11 @@ def test_projection_interpolates_and_leaves_interpolants_alone():
     X, y = data()
     P = stacked(width=60, chains=2, seed=4)
     fit = R.project_to_interpolant(P, X, y)
-    assert nblib.full_data_loss(R.masked_relu, fit, X, y).max() < 1e-12
+    assert nblib.full_data_loss(two_layer_relu, fit, X, y).max() < 1e-12
     again = R.project_to_interpolant(fit, X, y)
     for k in P:
         assert torch.allclose(again[k], fit[k], atol=1e-10), k
-    outer = R.project_to_interpolant(stacked(width=60, chains=2, seed=4, t_in=0.0), X, y)
+    outer = R.project_to_interpolant(P, X, y, inner_trainable=0.0)
     assert torch.equal(outer["a"], P["a"]) and torch.equal(outer["b"], P["b"])
 
 
@@ -192,7 +141,7 @@ def test_errors_are_value_errors_that_say_what_is_wrong():
     with pytest.raises(ValueError, match="lo < hi"):
         R.curve_length(P, 1.0, 0.0)
     with pytest.raises(ValueError, match="0 \\(frozen\\) or 1"):
-        R.with_trainable({k: P[k] for k in R.PARAM_NAMES}, 0.5, 1.0)
+        R.inner_frozen([0.5], 1, DT)
     with pytest.raises(ValueError, match="run"):
         R.line_deviation(P, X, y, (3, 1))
     with pytest.raises(ValueError, match="width and chains"):
