@@ -18,15 +18,29 @@ This is the reconstruction in the book's paper notes; the paper's own text was n
 
 Every run is batched: P problems (A: [P, M, N], y: [P, M]; seeds, sparsities) times K runs on each (α's,
 step sizes, ratios: [K] or [P, K]) advance as one tensor computation, x: [P, K, N], so that each step is
-one batched matrix product x Aᵀ per problem.
+one batched matrix product x Aᵀ per problem. ``gd`` and ``wn_gd`` return a ``Trajectory`` whose
+C = P·K chains are the (problem, setting) pairs, flattened problem-major (c = p·K + k), recorded at
+t = 0, record_every, 2·record_every, ... and the last step:
+
+    params   {"u": [T, C, N], "v": [T, C, N]}   (the final x is u^{⊙L} − v^{⊙L} of the last record)
+    loss     [T, C]  ½‖Ax − y‖²
+    metrics  {"radius": [T, C] r = ‖(u, v)‖,
+              "drift": [T, C] max_i |I_i(t)/I_i(0) − 1| of the invariant I = a·r^{ρ−1} (ρ = 1 for GD),
+              "steps_to_tol": [T, C] (int64) the first step with loss ≤ tol so far (−1: not yet)}
+    config   {"method": "gd" | "wn_gd", "depth", "problems": P, "runs": K, "alpha": [C], "lr": [C],
+              "ratio": [C] or None, "tol", "steps"}
+
+``final_x`` [P, K, N], ``by_problem`` [T, P, K] and ``steps_to_tol`` [P, K] give them back per problem.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .runtime import cpu_settings
+from .trajectory import HUGE, DivergenceError, Trajectory
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -180,26 +194,6 @@ def safe_lr(A, x_star, alpha, depth: int, *, factor: float = 1.0) -> torch.Tenso
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
-class DiagonalRun:
-    """A batched run of K settings on each of P problems.
-
-    u, v, x: final [P, K, N]; steps: record points [T]; loss: [T, P, K] (½‖Ax − y‖²); radius: [T, P, K];
-    drift: [T, P, K], the largest relative change max_i |I_i(t)/I_i(0) − 1| of the invariant I = a·r^{ρ−1};
-    steps_to_tol: [P, K], the first step with loss ≤ tol (−1 where never reached);
-    x_path: [T, P, K, N] when recorded."""
-
-    u: torch.Tensor
-    v: torch.Tensor
-    x: torch.Tensor
-    steps: torch.Tensor
-    loss: torch.Tensor
-    radius: torch.Tensor
-    drift: torch.Tensor
-    steps_to_tol: torch.Tensor
-    x_path: torch.Tensor | None = None
-
-
 def _gradient(A, y, u, v, L):
     """x, loss ½‖Ax − y‖² [P, K], and ∇_u L, ∇_v L; g = Aᵀ(Ax − y) as one matrix product per problem."""
     x = u ** L - v ** L
@@ -222,13 +216,26 @@ def polar_step(u, v, gu, gv, lr, ratio):
     nz = torch.sqrt((zu ** 2).sum(-1, keepdim=True) + (zv ** 2).sum(-1, keepdim=True))
     r = r - lr * dLdr
     if (r <= 0).any():
-        raise FloatingPointError("the radius became non-positive: lower lr")
+        raise DivergenceError("the radius became non-positive, the step on it overshot: lower lr (now at "
+                              f"most {float(torch.as_tensor(lr).max()):.3g})")
     return r * zu / nz, r * zv / nz
 
 
-def _train(A, y, *, alpha, depth, lr, ratio, steps, tol, record_every, record_x, stop_at_tol):
+def _check_loss(loss, t, lr, alpha):
+    """DivergenceError naming lr if a run's loss is non-finite or above HUGE."""
+    bad = ~torch.isfinite(loss) | (loss > HUGE)
+    if bool(bad.any()):
+        p, k = bad.nonzero()[0].tolist()
+        raise DivergenceError(f"run (problem {p}, setting {k}) diverged at step {t} (loss "
+                              f"{float(loss[p, k]):.3g}, lr={float(lr[p, k]):.3g}, "
+                              f"alpha={float(alpha[p, k]):.3g}); lower lr")
+
+
+def _train(A, y, *, alpha, depth, lr, ratio, steps, tol, record_every, stop_at_tol) -> Trajectory:
+    """Checks, then the loop behind ``gd`` (ratio None) and ``wn_gd`` under ``cpu_settings``; returns
+    the Trajectory described in the module docstring."""
     A, y = _as_batch(A, y)
-    P, M, N = A.shape
+    P = A.shape[0]
     L = _depth(depth)
     dt = A.dtype
     alpha = _per_run(alpha, P, "alpha", dt)
@@ -247,53 +254,94 @@ def _train(A, y, *, alpha, depth, lr, ratio, steps, tol, record_every, record_x,
         raise ValueError(f"record_every must be a positive integer, got {record_every!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
+    with cpu_settings(threads=1):
+        rec = _loop(A, y, alpha, lr, rho, L, steps, tol, record_every, stop_at_tol)
+    t, us, vs, losses, radii, drifts, hits = rec
+    C = P * K
+
+    def flat(xs):
+        return torch.stack(xs).reshape(len(xs), C, *xs[0].shape[2:])
+
+    config = {"method": "gd" if rho is None else "wn_gd", "depth": L, "problems": P, "runs": K,
+              "alpha": alpha.reshape(C), "lr": lr.reshape(C), "ratio": None if rho is None else rho.reshape(C),
+              "tol": tol, "steps": steps}
+    return Trajectory(steps=torch.tensor(t), params={"u": flat(us), "v": flat(vs)}, loss=flat(losses),
+                      reg=None, metrics={"radius": flat(radii), "drift": flat(drifts), "steps_to_tol": flat(hits)},
+                      config=config)
+
+
+def _loop(A, y, alpha, lr, rho, L, steps, tol, record_every, stop_at_tol):
+    P, _, N = A.shape
+    K = alpha.shape[1]
     u = alpha.unsqueeze(-1).expand(P, K, N).clone()
     v = u.clone()
-    rho_rec = torch.ones(P, K, dtype=dt) if rho is None else rho
+    rho_rec = torch.ones(P, K, dtype=A.dtype) if rho is None else rho
     eta, ratio_ = lr.unsqueeze(-1), (None if rho is None else rho.unsqueeze(-1))
     I0 = wn_invariant(u, v, L, rho_rec)
     hit = torch.full((P, K), -1, dtype=torch.long)
-    rec_t, rec_loss, rec_drift, rec_r, rec_x = [], [], [], [], []
+    rec_t, rec_u, rec_v, rec_loss, rec_r, rec_drift, rec_hit = [], [], [], [], [], [], []
 
     for t in range(steps + 1):
-        x, loss, gu, gv = _gradient(A, y, u, v, L)
-        if not bool(torch.isfinite(loss).all()) or bool((loss > 1e30).any()):
-            p, k = (~torch.isfinite(loss) | (loss > 1e30)).nonzero()[0].tolist()
-            raise FloatingPointError(f"run (problem {p}, setting {k}) diverged at step {t} "
-                                     f"(lr={float(lr[p, k]):.3g}, alpha={float(alpha[p, k]):.3g}); lower lr")
+        _, loss, gu, gv = _gradient(A, y, u, v, L)
+        _check_loss(loss, t, lr, alpha)
         hit = torch.where((hit < 0) & (loss <= tol), t, hit)
         done = stop_at_tol and bool((hit >= 0).all())
         if t % record_every == 0 or t == steps or done:
             rec_t.append(t)
+            rec_u.append(u)
+            rec_v.append(v)
             rec_loss.append(loss)
-            rec_drift.append((wn_invariant(u, v, L, rho_rec) / I0 - 1).abs().amax(-1))
             rec_r.append(radius(u, v))
-            if record_x:
-                rec_x.append(x)
+            rec_drift.append((wn_invariant(u, v, L, rho_rec) / I0 - 1).abs().amax(-1))
+            rec_hit.append(hit)
         if t == steps or done:
             break
         if rho is None:                                   # plain GD on (u, v)
             u, v = u - eta * gu, v - eta * gv
         else:                                             # GD on the polar coordinates (r, z)
             u, v = polar_step(u, v, gu, gv, eta, ratio_)
-    return DiagonalRun(u=u, v=v, x=u ** L - v ** L, steps=torch.tensor(rec_t), loss=torch.stack(rec_loss),
-                       radius=torch.stack(rec_r), drift=torch.stack(rec_drift), steps_to_tol=hit,
-                       x_path=torch.stack(rec_x) if record_x else None)
+    return rec_t, rec_u, rec_v, rec_loss, rec_r, rec_drift, rec_hit
 
 
 def gd(A, y, *, alpha, depth: int = 2, lr, steps: int, tol: float = 1e-10, record_every: int = 100,
-       record_x: bool = False, stop_at_tol: bool = True) -> DiagonalRun:
+       stop_at_tol: bool = True) -> Trajectory:
     """Plain GD on x = u^L − v^L from u = v = α: K settings (α, lr: numbers, [K] or [P, K]) on each of P problems.
 
-    Stops when every run has loss ½‖Ax − y‖² ≤ tol (unless stop_at_tol=False) or after ``steps``."""
+    Stops when every run has loss ½‖Ax − y‖² ≤ tol (unless stop_at_tol=False) or after ``steps``.
+    Returns a Trajectory over C = P·K chains (see the module docstring); raises DivergenceError
+    (naming lr)."""
     return _train(A, y, alpha=alpha, depth=depth, lr=lr, ratio=None, steps=steps, tol=tol,
-                  record_every=record_every, record_x=record_x, stop_at_tol=stop_at_tol)
+                  record_every=record_every, stop_at_tol=stop_at_tol)
 
 
 def wn_gd(A, y, *, alpha, depth: int = 2, lr, ratio, steps: int, tol: float = 1e-10, record_every: int = 100,
-          record_x: bool = False, stop_at_tol: bool = True) -> DiagonalRun:
+          stop_at_tol: bool = True) -> Trajectory:
     """Weight-normalized GD: GD on the radius r (step lr) and on the direction z (step ρ·lr/r², renormalized).
 
-    ratio = ρ: a number, [K] or [P, K]. Same stopping rule as ``gd``."""
+    ratio = ρ: a number, [K] or [P, K]. Same stopping rule and result as ``gd``."""
     return _train(A, y, alpha=alpha, depth=depth, lr=lr, ratio=ratio, steps=steps, tol=tol,
-                  record_every=record_every, record_x=record_x, stop_at_tol=stop_at_tol)
+                  record_every=record_every, stop_at_tol=stop_at_tol)
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+def _shape(run):
+    return run.config["problems"], run.config["runs"]
+
+
+def by_problem(run, name: str) -> torch.Tensor:
+    """A recorded series as [T, P, K]: ``name`` is "loss" or a metric ("radius", "drift", "steps_to_tol")."""
+    values = run.loss if name == "loss" else run.metrics[name]
+    return values.reshape(values.shape[0], *_shape(run))
+
+
+def final_x(run) -> torch.Tensor:
+    """The network's x = u^{⊙L} − v^{⊙L} at the end of the run, [P, K, N]."""
+    u, v = run.final()["u"], run.final()["v"]
+    return diagonal_net(u, v, run.config["depth"]).reshape(*_shape(run), u.shape[-1])
+
+
+def steps_to_tol(run) -> torch.Tensor:
+    """[P, K]: the first step at which the loss was ≤ tol (−1 where it never was)."""
+    return by_problem(run, "steps_to_tol")[-1]

@@ -1,14 +1,17 @@
 """Path-norm, κ and Path-SGD against brute-force sums over paths; rescaling invariance and equivariance;
-the width bank against separate training; clear errors."""
+the one training loop (its Trajectory, its loss hook, the width bank against separate training,
+divergence); clear errors."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from nblib.path_sgd import (PathSGD, WidthBank, corrupt_labels, digits_split, layered_relu_mlp, linear_layers,
-                            network_norms, path_kappa, path_norm, random_rescaling_factors, rescale_hidden_units,
-                            train, train_bank, unbalance, weight_decay_norm)
+from nblib import DivergenceError, Trajectory
+from nblib.path_sgd import (PathSGD, WidthBank, corrupt_labels, digits_split, error_rate, layered_relu_mlp,
+                            linear_layers, network_norms, path_kappa, path_norm, random_rescaling_factors,
+                            rescale_hidden_units, summed_cross_entropy, train, train_in_lockstep,
+                            unbalance, weight_decay_norm)
 
 DT = torch.float64
 
@@ -114,7 +117,8 @@ def test_path_sgd_is_rescaling_equivariant_and_sgd_is_not():
         a = run_steps(copy.deepcopy(net), make_opt, X, y, 50)
         b = run_steps(rescale_hidden_units(net, c), make_opt, X, y, 50)
         b_back = rescale_hidden_units(b, [1 / f for f in c])
-        gap = max(float((p - q).detach().abs().max() / p.detach().abs().max()) for p, q in zip(a.parameters(), b_back.parameters()))
+        gap = max(float((p - q).detach().abs().max() / p.detach().abs().max())
+                  for p, q in zip(a.parameters(), b_back.parameters()))
         if equivariant:
             assert gap < 1e-11
         else:
@@ -136,17 +140,115 @@ def test_path_sgd_step_is_gradient_over_kappa():
 
 
 def test_width_bank_trains_each_width_exactly_as_alone():
-    (X, y), = digits_split([60], seed=0, dtype=DT)
+    """The one loop gives each network of a bank the trajectory it follows trained alone: the same
+    weights and the same recorded losses and errors, up to rounding (the bank's matmuls are larger)."""
+    (X, y), (Xv, yv) = digits_split([60, 40], seed=0, dtype=DT)
     widths, seeds = [3, 7, 12], [10, 11, 12]
     bank = WidthBank(widths, d_in=64, n_out=10, seeds=seeds, dtype=DT)
-    train_bank(bank, torch.optim.SGD(bank.parameters(), lr=0.05, momentum=0.9), X, y, epochs=3, batch_size=20,
-               seed=1)
+    run = train(bank, torch.optim.SGD(bank.parameters(), lr=0.05, momentum=0.9), X, y, epochs=3,
+                batch_size=20, seed=1, evals={"val": (Xv, yv)})
+    assert run.chains == 3 and run.config["networks"] == 3
     for k, (h, s) in enumerate(zip(widths, seeds)):
         alone = layered_relu_mlp([64, h, 10], seed=s, dtype=DT)
-        train(alone, torch.optim.SGD(alone.parameters(), lr=0.05, momentum=0.9), X, y, epochs=3, batch_size=20,
-              seed=1)
+        one = train(alone, torch.optim.SGD(alone.parameters(), lr=0.05, momentum=0.9), X, y, epochs=3,
+                    batch_size=20, seed=1, evals={"val": (Xv, yv)})
         for p, q in zip(bank.network(k).parameters(), alone.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+        assert torch.equal(one.steps, run.steps)
+        torch.testing.assert_close(run.loss[:, k], one.loss[:, 0], rtol=1e-10, atol=0)
+        for name in ("train_err", "val_loss", "val_err"):
+            torch.testing.assert_close(run.metrics[name][:, k], one.metrics[name][:, 0], rtol=1e-10, atol=0)
+
+
+def test_train_returns_a_trajectory_of_the_recorded_epochs():
+    (X, y), (Xt, yt) = digits_split([50, 30], seed=2, dtype=DT)
+    net = layered_relu_mlp([64, 8, 10], seed=0, dtype=DT)
+    run = train(net, torch.optim.Adagrad(net.parameters(), lr=0.05), X, y, epochs=7, batch_size=10,
+                seed=3, evals={"test": (Xt, yt)}, record_every=3)
+    assert isinstance(run, Trajectory)
+    assert run.steps.tolist() == [0, 3, 6, 7]
+    assert run.params == {} and run.reg is None and run.loss.shape == (4, 1)
+    assert set(run.metrics) == {"train_err", "test_loss", "test_err"}
+    assert all(v.shape == (4, 1) and v.dtype == torch.float64 for v in run.metrics.values())
+    assert run.config == {"optimizer": "Adagrad", "lr": 0.05, "batch_size": 10, "epochs": 7, "seed": 3,
+                          "record_every": 3, "networks": 1, "loss_fn": "summed_cross_entropy"}
+    assert float(run.metrics["test_err"][-1, 0]) == error_rate(net, Xt, yt)
+    with torch.no_grad():
+        assert float(run.loss[-1, 0]) == float(nn.functional.cross_entropy(net(X), y))
+    assert float(run.loss[-1, 0]) < float(run.loss[0, 0])
+
+
+def test_same_seed_same_batches_and_the_loss_hook_is_used():
+    (X, y), = digits_split([40], seed=0, dtype=DT)
+
+    def fit(loss_fn=None, seed=0):
+        net = layered_relu_mlp([64, 5, 10], seed=0, dtype=DT)
+        train(net, torch.optim.SGD(net.parameters(), lr=0.1), X, y, epochs=2, batch_size=8, seed=seed,
+              loss_fn=loss_fn)
+        return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    assert torch.equal(fit(), fit())
+    assert torch.equal(fit(), fit(summed_cross_entropy))
+    assert not torch.equal(fit(), fit(seed=1))
+    calls = []
+
+    def halved(outputs, yb):
+        calls.append(len(yb))
+        return 0.5 * nn.functional.cross_entropy(outputs, yb)
+
+    assert not torch.equal(fit(), fit(halved))
+    assert calls == [8] * 10                        # 2 epochs × 5 minibatches of 8
+
+
+def test_stop_at_zero_training_error():
+    (X, y), = digits_split([30], seed=0, dtype=DT)
+    net = layered_relu_mlp([64, 64, 10], seed=0, dtype=DT)
+    run = train(net, torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9), X, y, epochs=200,
+                batch_size=30, stop_at_zero_error=True)
+    assert float(run.metrics["train_err"][-1, 0]) == 0.0
+    assert float(run.metrics["train_err"][-2, 0]) > 0.0 and int(run.steps[-1]) < 200
+
+
+def test_lockstep_runs_share_minibatches_and_measure_the_function_gap():
+    """Two parametrizations of one network, trained side by side: Path-SGD keeps them one function,
+    SGD does not; model 0 follows exactly the plain loop on randperm(n, g)[:B] minibatches."""
+    net = tiny_net((5, 6, 4, 3))
+    other = unbalance(net, 1.0, seed=5)
+    X, y = torch.randn(40, 5, dtype=DT), torch.randint(0, 3, (40,))
+    Xe = torch.randn(25, 5, dtype=DT)
+    runs = {}
+    for name, make in (("path", lambda m: PathSGD(m, lr=0.05)),
+                       ("sgd", lambda m: torch.optim.SGD(m.parameters(), lr=0.05))):
+        a, b = copy.deepcopy(net), copy.deepcopy(other)
+        runs[name] = train_in_lockstep([a, b], [make(a), make(b)], X, y, steps=20, batch_size=8,
+                                       X_eval=Xe, seed=3)
+    path, sgd = runs["path"], runs["sgd"]
+    assert path.steps.tolist() == list(range(1, 21)) and path.loss.shape == (20, 2)
+    assert set(path.metrics) == {"output_gap"} and path.metrics["output_gap"].shape == (20, 2)
+    assert (path.metrics["output_gap"][:, 0] == 0).all()
+    assert float(path.metrics["output_gap"][:, 1].max()) < 1e-11
+    assert float(sgd.metrics["output_gap"][-1, 1]) > 1e-3
+    assert path.config["optimizer"] == "PathSGD" and path.config["networks"] == 2
+
+    alone = copy.deepcopy(net)
+    opt, g = PathSGD(alone, lr=0.05), torch.Generator().manual_seed(3)
+    for _ in range(20):
+        idx = torch.randperm(40, generator=g)[:8]
+        opt.zero_grad()
+        nn.functional.cross_entropy(alone(X[idx]), y[idx]).backward()
+        opt.step()
+    a, b = copy.deepcopy(net), copy.deepcopy(other)
+    train_in_lockstep([a, b], [PathSGD(a, lr=0.05), PathSGD(b, lr=0.05)], X, y, steps=20, batch_size=8,
+                      X_eval=Xe, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), alone.parameters()))
+
+
+def test_lockstep_divergence_names_lr():
+    net = layered_relu_mlp([64, 16, 10], dtype=torch.float32)
+    (X, y), = digits_split([50], seed=0, dtype=torch.float32)
+    with pytest.raises(DivergenceError, match="lr"):
+        train_in_lockstep([net], [torch.optim.SGD(net.parameters(), lr=1e20)], X, y, steps=20,
+                          batch_size=25, X_eval=X)
 
 
 def test_digits_split_and_label_corruption():
@@ -173,14 +275,20 @@ def test_digits_split_and_label_corruption():
     lambda: WidthBank([4, 8], d_in=3, n_out=2).network(2),
     lambda: train(layered_relu_mlp([2, 3, 2]), torch.optim.SGD(layered_relu_mlp([2, 3, 2]).parameters(), lr=0.1),
                   torch.tensor([[float("nan"), 0.0]], dtype=DT), torch.tensor([0]), epochs=1, batch_size=1),
+    lambda: train(layered_relu_mlp([2, 3, 2]), torch.optim.SGD(layered_relu_mlp([2, 3, 2]).parameters(), lr=0.1),
+                  torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64), epochs=1, batch_size=2, record_every=0),
+    lambda: train(layered_relu_mlp([2, 3, 2]), torch.optim.SGD(layered_relu_mlp([2, 3, 2]).parameters(), lr=0.1),
+                  torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64), epochs=1, batch_size=2, loss_fn=3),
 ])
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
         bad()
 
 
-def test_divergence_is_reported():
+@pytest.mark.parametrize("bank", [False, True])
+def test_divergence_raises_divergence_error_naming_lr(bank):
     (X, y), = digits_split([50], seed=0, dtype=torch.float32)
-    net = layered_relu_mlp([64, 16, 10], dtype=torch.float32)
-    with pytest.raises(ValueError, match="step size"):
+    net = (WidthBank([4, 16], d_in=64, n_out=10, dtype=torch.float32) if bank
+           else layered_relu_mlp([64, 16, 10], dtype=torch.float32))
+    with pytest.raises(DivergenceError, match=r"Lower the step size lr \(now 1e\+20\)"):
         train(net, torch.optim.SGD(net.parameters(), lr=1e20), X, y, epochs=3, batch_size=50)

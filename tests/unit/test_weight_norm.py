@@ -1,10 +1,13 @@
 """Diagonal linear networks: GD and weight-normalized GD (polar coordinates), their invariants, the
-ρ = 1 limit, the exact baselines (basis pursuit, minimum-ℓ2 interpolant), and clear errors."""
+ρ = 1 limit, the exact baselines (basis pursuit, minimum-ℓ2 interpolant), the Trajectory a run returns,
+and clear errors."""
 import pytest
 import torch
 
-from nblib.weight_norm import (basis_pursuit, critical_alpha, diagonal_net, effective_scale, gd, min_l2_interpolant,
-                               polar_step, relative_error, safe_lr, sparse_recovery_problem, wn_gd, wn_invariant)
+from nblib import DivergenceError, Trajectory
+from nblib.weight_norm import (basis_pursuit, by_problem, critical_alpha, diagonal_net, effective_scale, final_x,
+                               gd, min_l2_interpolant, polar_step, radius, relative_error, safe_lr,
+                               sparse_recovery_problem, steps_to_tol, wn_gd, wn_invariant)
 
 DT = torch.float64
 
@@ -45,8 +48,8 @@ def test_plain_gd_depth2_uv_drift_vanishes_with_the_step():
     """u'v' = uv(1 − 4η²g²): at a fixed time the drift of √(uv) is O(η)."""
     A, x, y = problem()
     lr = safe_lr(A, x, 0.3, 2)
-    a = gd(A, y, alpha=0.3, lr=lr, steps=300, record_every=300, stop_at_tol=False).drift[-1].max()
-    b = gd(A, y, alpha=0.3, lr=lr / 2, steps=600, record_every=600, stop_at_tol=False).drift[-1].max()
+    a = gd(A, y, alpha=0.3, lr=lr, steps=300, record_every=300, stop_at_tol=False).metrics["drift"][-1].max()
+    b = gd(A, y, alpha=0.3, lr=lr / 2, steps=600, record_every=600, stop_at_tol=False).metrics["drift"][-1].max()
     assert 1.8 < a / b < 2.2, (a, b)
 
 
@@ -57,7 +60,7 @@ def test_wn_invariant_drift_vanishes_with_the_step(depth):
     lr = 0.3 * safe_lr(A, x, 0.2, depth)
     a = wn_gd(A, y, alpha=0.2, depth=depth, lr=lr, ratio=5.0, steps=300, record_every=300, stop_at_tol=False)
     b = wn_gd(A, y, alpha=0.2, depth=depth, lr=lr / 2, ratio=5.0, steps=600, record_every=600, stop_at_tol=False)
-    da, db = a.drift[-1].max(), b.drift[-1].max()
+    da, db = a.metrics["drift"][-1].max(), b.metrics["drift"][-1].max()
     assert db < da and 1.6 < da / db < 2.5, (da, db)
 
 
@@ -68,7 +71,7 @@ def test_ratio_one_reproduces_gd_to_first_order():
     for k in (1, 2, 4):
         g = gd(A, y, alpha=0.2, lr=lr / k, steps=200 * k, stop_at_tol=False)
         w = wn_gd(A, y, alpha=0.2, lr=lr / k, ratio=1.0, steps=200 * k, stop_at_tol=False)
-        gaps.append(float((g.x - w.x).norm() / g.x.norm()))
+        gaps.append(float((final_x(g) - final_x(w)).norm() / final_x(g).norm()))
     assert gaps[0] < 1e-2
     assert 1.6 < gaps[0] / gaps[1] < 2.5 and 1.6 < gaps[1] / gaps[2] < 2.5, gaps
 
@@ -89,17 +92,50 @@ def test_batched_runs_are_independent():
     lr = safe_lr(A, x, alphas, 2)
     both = wn_gd(A, y, alpha=alphas, lr=0.3 * lr, ratio=4.0, steps=150, stop_at_tol=False)
     one = wn_gd(A[1:2], y[1:2], alpha=0.2, lr=0.3 * lr[1:2, 1:2], ratio=4.0, steps=150, stop_at_tol=False)
-    assert torch.allclose(both.x[1, 1], one.x[0, 0], atol=1e-12)
+    assert torch.allclose(final_x(both)[1, 1], final_x(one)[0, 0], atol=1e-12)
 
 
 def test_small_alpha_gd_approaches_min_l1_and_large_alpha_min_l2():
     A, x, y = problem(P=2, M=15, N=30, s=2)
     alphas = torch.tensor([0.01, 3.0], dtype=DT)
     run = gd(A, y, alpha=alphas, lr=safe_lr(A, x, alphas, 2), steps=20000, tol=1e-14)
-    x1, x2 = basis_pursuit(A, y), min_l2_interpolant(A, y)
-    assert (relative_error(run.x[:, 0], x1) < 0.5 * relative_error(run.x[:, 0], x2)).all()
-    assert (relative_error(run.x[:, 1], x2) < 0.5 * relative_error(run.x[:, 1], x1)).all()
-    assert (run.steps_to_tol[:, 1] > 0).all()
+    x1, x2, x = basis_pursuit(A, y), min_l2_interpolant(A, y), final_x(run)
+    assert (relative_error(x[:, 0], x1) < 0.5 * relative_error(x[:, 0], x2)).all()
+    assert (relative_error(x[:, 1], x2) < 0.5 * relative_error(x[:, 1], x1)).all()
+    assert (steps_to_tol(run)[:, 1] > 0).all()
+
+
+def test_a_run_is_a_trajectory_of_p_times_k_chains():
+    """C = P·K chains, problem-major (c = p·K + k); every recorded series is [T, C]."""
+    A, x, y = problem(P=3)
+    alphas = torch.tensor([0.05, 0.2], dtype=DT)
+    run = wn_gd(A, y, alpha=alphas, lr=0.3 * safe_lr(A, x, alphas, 2), ratio=4.0, steps=230, record_every=100,
+                stop_at_tol=False)
+    assert isinstance(run, Trajectory) and run.chains == 6
+    assert run.steps.tolist() == [0, 100, 200, 230]
+    assert run.params["u"].shape == run.params["v"].shape == (4, 6, 30)
+    assert run.loss.shape == (4, 6) and run.reg is None
+    assert {k: tuple(v.shape) for k, v in run.metrics.items()} == {
+        "radius": (4, 6), "drift": (4, 6), "steps_to_tol": (4, 6)}
+    assert run.config["method"] == "wn_gd" and run.config["problems"] == 3 and run.config["runs"] == 2
+    assert run.config["alpha"].tolist() == [0.05, 0.2] * 3 and run.config["ratio"].tolist() == [4.0] * 6
+    u, v = run.params["u"][:, 2 * 1 + 1], run.params["v"][:, 2 * 1 + 1]      # problem 1, setting 1
+    assert torch.equal(run.metrics["radius"][:, 3], radius(u, v))
+    assert torch.equal(by_problem(run, "radius")[:, 1, 1], radius(u, v))
+    assert torch.equal(final_x(run)[1, 1], diagonal_net(u[-1], v[-1], 2))
+    assert torch.equal(run.params["u"][0], torch.full((6, 30), 0.05, dtype=DT).index_fill(
+        0, torch.tensor([1, 3, 5]), 0.2))
+    assert torch.equal(by_problem(run, "loss")[:, 2], run.loss[:, 4:6])
+    assert (steps_to_tol(run) == -1).all()                       # 230 steps do not reach 1e-10
+
+
+def test_steps_to_tol_is_the_first_step_below_tol():
+    A, x, y = problem(P=1)
+    run = gd(A, y, alpha=1.0, lr=safe_lr(A, x, 1.0, 2), steps=5000, tol=1e-6, record_every=1)
+    hit = int(steps_to_tol(run)[0, 0])
+    assert hit == int(run.steps[-1])                            # the run stopped there
+    assert float(run.loss[-1, 0]) <= 1e-6 < float(run.loss[-2, 0])
+    assert (run.metrics["steps_to_tol"][:-1] == -1).all()
 
 
 def test_critical_alpha_and_net():
@@ -123,5 +159,7 @@ def test_errors_are_clear():
         wn_gd(A, y, alpha=0.1, lr=0.01, ratio=2.0, steps=0)
     with pytest.raises(ValueError, match="sparsity"):
         sparse_recovery_problem(5, 10, 11, [0])
-    with pytest.raises(FloatingPointError, match="lower lr"):
+    with pytest.raises(DivergenceError, match=r"lr=50.*lower lr"):
         gd(A, y, alpha=1.0, lr=50.0, steps=200)
+    with pytest.raises(DivergenceError, match="lower lr"):
+        wn_gd(A, y, alpha=1.0, lr=50.0, ratio=2.0, steps=200)
