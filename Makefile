@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.11 and make:
 #   make book   create .venv, install the pinned environment, execute every chapter, build _build/html
-#   make test   same set-up, then unit tests, every chapter through nbmake, the book build, HTML checks
+#   make test   same set-up, then lint, unit tests, every chapter through nbmake, the book build, HTML checks
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,7 +12,7 @@ CHAPTERS := $(shell grep -l '^kernelspec:' book/*.md)
 # tools/cache_key.py hashes nblib/, requirements.lock, pyproject.toml and what is installed in the venv.
 CACHE_KEY = $(shell $(PYTHON) tools/cache_key.py --venv $(VENV))
 
-.PHONY: cache-guard venv book book-force test unit nbmake html-check browser-check repo-check lab bench clean
+.PHONY: cache-guard venv book book-force test lint unit nbmake html-check browser-check repo-check lab bench clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,14 @@ book: venv cache-guard
 book-force: venv
 	rm -rf _build/.jupyter_cache _build/html _build/jupyter_execute _build/.doctrees
 	$(BIN)/jupyter-book build . -W --keep-going
+
+# ruff (pinned; settings in pyproject.toml) on the Python files, and on the chapters' code cells with the
+# book's 88 columns (tools/chapter_code.py reports them at their .md lines). Both run; either fails lint.
+lint: venv
+	@status=0; \
+	  $(BIN)/ruff check nblib tests benchmarks tools || status=1; \
+	  $(BIN)/python tools/chapter_code.py --ruff $(BIN)/ruff || status=1; \
+	  exit $$status
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit -q
@@ -70,7 +78,7 @@ browser-check: venv
 repo-check: venv
 	$(BIN)/python -m pytest tests/repo -q
 
-test: unit nbmake book-force html-check browser-check repo-check
+test: lint unit nbmake book-force html-check browser-check repo-check
 
 lab: venv
 	$(BIN)/jupyter lab book/

@@ -39,10 +39,12 @@ class TwoLayerReLU(torch.nn.Module):
     def __init__(self, params):
         super().__init__()
         W = params["a"].numel()
-        self.hidden, self.outer, self.skip = torch.nn.Linear(1, W), torch.nn.Linear(W, 1, bias=False), torch.nn.Linear(1, 1)
+        self.hidden = torch.nn.Linear(1, W)
+        self.outer, self.skip = torch.nn.Linear(W, 1, bias=False), torch.nn.Linear(1, 1)
         with torch.no_grad():
             self.hidden.weight.copy_(params["a"][:, None]), self.hidden.bias.copy_(params["b"])
-            self.outer.weight.copy_(params["c"][None]), self.skip.weight.fill_(params["a0"]), self.skip.bias.fill_(params["b0"])
+            self.outer.weight.copy_(params["c"][None])
+            self.skip.weight.fill_(params["a0"]), self.skip.bias.fill_(params["b0"])
 
     def forward(self, x):
         return self.outer(torch.relu(self.hidden(x))) + self.skip(x)

@@ -33,7 +33,8 @@ def chapters() -> list[str]:
 def run(doc: str) -> float:
     nb = jupytext.read(ROOT / f"{doc}.md")
     start = time.perf_counter()
-    NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "book")}}).execute()
+    NotebookClient(nb, timeout=1800, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "book")}}).execute()
     return time.perf_counter() - start
 
 

@@ -206,7 +206,8 @@ def bench(kind, n, rounds, budget):
     timed, rows, errors = {"floor": floor}, [], {}
     for name, (maker, module) in METHODS.items():
         if module is not None and importlib.util.find_spec(module) is None:
-            rows.append(dict(model=kind, n=n, method=name, quantity="reg", status=f"skipped: {module} is not installed"))
+            rows.append(dict(model=kind, n=n, method=name, quantity="reg",
+                             status=f"skipped: {module} is not installed"))
             continue
         value, with_grad, why = maker(kind, model, params, X, Xm)
         err = rel_error(value(), ref_val)
