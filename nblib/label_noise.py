@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch.func import grad, vmap
 
-from . import _validate
+from . import validate
 from .regularizer import (_sq_norms_generic, check_model_output, closed_form_of,
                           implicit_regularizer, trainable_sq_grad_norms)
 from .runtime import cpu_settings
@@ -65,7 +65,7 @@ def full_data_loss(model: Callable, P: dict, X: torch.Tensor, y: torch.Tensor) -
 
 def _per_chain(value, C: int, name: str, *, dtype, positive: bool = False):
     """A number (returned as a float) or one value per chain (returned as a [C] tensor)."""
-    check = _validate.positive if positive else _validate.nonnegative
+    check = validate.positive if positive else validate.nonnegative
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return check(value, name)
     values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
@@ -163,11 +163,11 @@ def _require_compiler() -> None:
 
 def _stack(params: dict, chains: int | None, stacked: bool) -> tuple[dict, int]:
     if stacked:
-        C = _validate.stacked_chains(params)
+        C = validate.stacked_chains(params)
         if chains is not None and chains != C:
             raise ValueError(f"chains={chains} but the stacked params hold {C} chains")
         return {k: v.detach().clone() for k, v in params.items()}, C
-    C = _validate.count(1 if chains is None else chains, "chains")
+    C = validate.count(1 if chains is None else chains, "chains")
     return {k: v.detach().unsqueeze(0).repeat(C, *([1] * v.ndim)) for k, v in params.items()}, C
 
 
@@ -251,7 +251,7 @@ class _Recorder:
 def _record_points(steps: int, record_every: int | None) -> int:
     if record_every is None:
         return max(1, steps // 100)
-    return _validate.count(record_every, "record_every")
+    return validate.count(record_every, "record_every")
 
 
 def _draw(gens, C: int, n: int, B: int, noise: str, dtype, full_batch: bool, needs_noise: bool):
@@ -302,18 +302,18 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps
     Returns a ``Trajectory`` whose config records the model, the per-chain hyperparameters and seeds.
     Raises ValueError on bad input and DivergenceError, naming what to lower, if a chain diverges.
     """
-    _validate.as_params(params)
+    validate.as_params(params)
     dtype = next(iter(params.values())).dtype
-    X, y = _validate.as_data(X, y, dtype=dtype)
-    steps = _validate.count(steps, "steps", minimum=0)
+    X, y = validate.as_data(X, y, dtype=dtype)
+    steps = validate.count(steps, "steps", minimum=0)
     n = X.shape[0]
-    batch_size = _validate.count(batch_size, "batch_size")
+    batch_size = validate.count(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the number of examples n={n}")
     if noise not in ("gaussian", "rademacher"):
         raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
     every = _record_points(steps, record_every)
-    off = steps if noise_off_after is None else _validate.count(noise_off_after, "noise_off_after",
+    off = steps if noise_off_after is None else validate.count(noise_off_after, "noise_off_after",
                                                                 minimum=0)
     P, C = _stack(params, chains, stacked)
     lr = _per_chain(lr, C, "lr", dtype=dtype, positive=True)

@@ -22,25 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from . import validate
 from .models import matrix_sensing, sensing_metric
 
 __all__ = ["SensingProblem", "effective_rank", "expected_reg", "gram", "matrix_sensing",
            "nuclear_norm", "ou_train_floor", "predictions", "reg", "reg_closed_form",
            "sensing_metric", "sensing_problem", "spectrum", "test_error", "train_error"]
-
-
-def _count(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _number(value, name: str, *, positive: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        kind = "positive" if positive else "non-negative"
-        raise ValueError(f"{name} must be a {kind} finite number, got {value!r}")
-    return float(value)
 
 
 def _gram(U: torch.Tensor) -> torch.Tensor:
@@ -103,7 +90,7 @@ def sensing_problem(d: int, rank: int, n: int, *, seed: int = 0, dtype: torch.dt
                     device=None) -> SensingProblem:
     """A_i with i.i.d. N(0, 1) entries; U* ∈ R^{d×r} with i.i.d. N(0, 1/d) entries, so the r nonzero
     eigenvalues of X* = U*U*ᵀ are ≈ 1, the scale of the initialization U₀ = I_d on each direction."""
-    d, rank, n = _count(d, "d"), _count(rank, "rank"), _count(n, "n")
+    d, rank, n = validate.count(d, "d"), validate.count(rank, "rank"), validate.count(n, "n")
     if rank > d:
         raise ValueError(f"rank={rank} exceeds d={d}")
     g = torch.Generator().manual_seed(seed)
@@ -174,8 +161,8 @@ def ou_train_floor(problem: SensingProblem, U: torch.Tensor, *, lr: float, noise
     (eigenvalues κ_k, a_k = 2ηκ_k/n) each mode is an AR(1) process with stationary variance
     σ² a_k / (2 − a_k), so E[(1/n)‖r‖²] = (σ²/n) Σ_k a_k/(2 − a_k) ≈ (ησ²/n)·reg(U) = λ·reg(U) for small η.
     """
-    lr = _number(lr, "lr", positive=True)
-    sigma = _number(noise_std, "noise_std", positive=False)
+    lr = validate.positive(lr, "lr")
+    sigma = validate.nonnegative(noise_std, "noise_std")
     d, n = problem.d, problem.n
     if not isinstance(U, torch.Tensor) or U.shape != (d, d):
         raise ValueError(f"U must have shape [{d}, {d}]")

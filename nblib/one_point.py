@@ -49,14 +49,6 @@ def along_x(params: dict, x) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return {"c": params["c"], "W": (params["W"] @ (x / norm)).unsqueeze(-1)}, norm.reshape(1, 1)
 
 
-def _check_activation(activation: str) -> str:
-    return check_activation(activation)
-
-
-def _act(activation: str, z: torch.Tensor):
-    return activation_derivatives(activation, z)
-
-
 # ----------------------------------------------------------------------------- unit coordinates and R
 
 def _check_x(x: torch.Tensor) -> torch.Tensor:
@@ -68,19 +60,19 @@ def _check_x(x: torch.Tensor) -> torch.Tensor:
 
 def unit_pairs(params: dict, x, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_i, h_i = σ(w_iᵀx)) for every unit: two tensors of shape [..., m] (any leading dims of params)."""
-    _check_activation(activation)
+    check_activation(activation)
     x = _check_x(x).to(params["W"].dtype)
     if params["W"].shape[-1] != x.shape[0] or params["W"].shape[:-1] != params["c"].shape:
         raise ValueError(f"params W {tuple(params['W'].shape)} and c {tuple(params['c'].shape)} do not match "
                          f"x of dimension {x.shape[0]}")
-    h = _act(activation, params["W"] @ x)[0]
+    h = activation_derivatives(activation, params["W"] @ x)[0]
     return params["c"], h
 
 
 def paper_R(c: torch.Tensor, h: torch.Tensor, x_norm2: float, activation: str) -> torch.Tensor:
     """The paper's closed form, summed over the last (unit) dimension:
     logistic Σ [h² + c² h² (1 − h)² a];  tanh Σ [h² + c² (1 − h²)² a]   (a = ‖x‖²)."""
-    _check_activation(activation)
+    check_activation(activation)
     if c.shape != h.shape:
         raise ValueError(f"c and h must have the same shape, got {tuple(c.shape)} and {tuple(h.shape)}")
     d1 = h * (1 - h) if activation == "logistic" else 1 - h * h
@@ -90,7 +82,7 @@ def paper_R(c: torch.Tensor, h: torch.Tensor, x_norm2: float, activation: str) -
 def stationary_h(o: torch.Tensor, x_norm2: float, activation: str) -> torch.Tensor:
     """The h that minimizes R for a unit with output o = c·h:
     logistic o²a/(1 + o²a); tanh sign(o)·(o²a/(o²a + 1))^{1/4} (the sign of h is free: c flips with it)."""
-    _check_activation(activation)
+    check_activation(activation)
     s = o * o * x_norm2
     if activation == "logistic":
         return s / (1 + s)
@@ -99,7 +91,7 @@ def stationary_h(o: torch.Tensor, x_norm2: float, activation: str) -> torch.Tens
 
 def stationarity_residual(c: torch.Tensor, h: torch.Tensor, x_norm2: float, activation: str) -> torch.Tensor:
     """Per unit: logistic h − o²a/(1 + o²a); tanh h² − sqrt(o²a/(o²a + 1)); o = c·h. Zero at stationary points."""
-    _check_activation(activation)
+    check_activation(activation)
     s = (c * h) ** 2 * x_norm2
     if activation == "logistic":
         return h - s / (1 + s)
@@ -108,7 +100,7 @@ def stationarity_residual(c: torch.Tensor, h: torch.Tensor, x_norm2: float, acti
 
 def reduced_r(o: torch.Tensor, x_norm2: float, activation: str) -> torch.Tensor:
     """R of one unit at its best h for output o: logistic s/(1 + s); tanh 2u/(1 + u), u = sqrt(s/(1 + s)), s = a o²."""
-    _check_activation(activation)
+    check_activation(activation)
     s = o * o * x_norm2
     if activation == "logistic":
         return s / (1 + s)
@@ -125,7 +117,7 @@ def predicted_optimum(y: float, width: int, x_norm2: float, activation: str) -> 
     tanh: r(o) = 2u/(1 + u) is concave in |o| with r(0) = 0, so the global minimum puts all of y on ONE unit
     (o = y) and sends the others to zero. Returns o, h (> 0 branch), c, R and the number of active units.
     """
-    _check_activation(activation)
+    check_activation(activation)
     if not (math.isfinite(y) and y != 0):
         raise ValueError(f"y must be a finite nonzero number, got {y!r}")
     if not (isinstance(width, int) and width >= 1):

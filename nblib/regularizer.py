@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch.func import grad, vmap
 
-from . import _validate
+from . import validate
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,12 @@ def _sq_norms_generic(model, params, X):
 def per_example_sq_grad_norms(model: Callable, params: dict, X, *, stacked: bool = False,
                               fast: bool = True) -> torch.Tensor:
     """‖∇_θ h(x_i; θ)‖² for every example: [n], or [C, n] when params are stacked over C chains."""
-    _validate.as_params(params)
+    validate.as_params(params)
     dtype = next(iter(params.values())).dtype
-    X, _ = _validate.as_data(X, dtype=dtype)
+    X, _ = validate.as_data(X, dtype=dtype)
     cf = closed_form_of(model)
     if stacked:
-        _validate.stacked_chains(params)
+        validate.stacked_chains(params)
         if fast and cf is not None and cf.sq_grad_norms is not None:
             return cf.sq_grad_norms(params, X)
         single = {k: v[0] for k, v in params.items()}
@@ -98,10 +98,10 @@ def trainable_sq_grad_norms(model: Callable, params: dict, X, trainable: dict) -
     (broadcastable to the stacked shape; names not given count as trainable): the terms of the
     regularizer of a run in which the masked-out parameters are frozen. torch.func per-example
     gradients (no closed form: a frozen layer changes which terms there are)."""
-    _validate.as_params(params)
+    validate.as_params(params)
     dtype = next(iter(params.values())).dtype
-    X, _ = _validate.as_data(X, dtype=dtype)
-    _validate.stacked_chains(params)
+    X, _ = validate.as_data(X, dtype=dtype)
+    validate.stacked_chains(params)
     masks = {k: torch.as_tensor(trainable.get(k, 1.0), dtype=dtype).expand_as(v)
              for k, v in params.items()}
     grads = vmap(lambda p: per_example_grads(model, p, X))(params)          # {k: [C, n, *shape]}
@@ -117,11 +117,11 @@ def implicit_regularizer(model: Callable, params: dict, X, *, stacked: bool = Fa
     """
     cf = closed_form_of(model)
     if fast and cf is not None and cf.reg is not None:
-        _validate.as_params(params)
+        validate.as_params(params)
         dtype = next(iter(params.values())).dtype
-        X, _ = _validate.as_data(X, dtype=dtype)
+        X, _ = validate.as_data(X, dtype=dtype)
         if stacked:
-            _validate.stacked_chains(params)
+            validate.stacked_chains(params)
             return cf.reg(params, X)
         return cf.reg({k: v.unsqueeze(0) for k, v in params.items()}, X)[0]
     return per_example_sq_grad_norms(model, params, X, stacked=stacked, fast=fast).mean(-1)
@@ -133,11 +133,11 @@ def implicit_regularizer_and_grad(model: Callable, params: dict, X, *, stacked: 
     (``reg_and_grad``, else ``sq_grad_norms`` + ``reg_grad``), autograd of the torch.func reference otherwise.
     Shapes as ``implicit_regularizer``; the gradient dict has the shapes of ``params``.
     """
-    _validate.as_params(params)
+    validate.as_params(params)
     dtype = next(iter(params.values())).dtype
-    X, _ = _validate.as_data(X, dtype=dtype)
+    X, _ = validate.as_data(X, dtype=dtype)
     if stacked:
-        _validate.stacked_chains(params)
+        validate.stacked_chains(params)
     P = params if stacked else {k: v.unsqueeze(0) for k, v in params.items()}
     P = {k: v.detach() for k, v in P.items()}
     cf = closed_form_of(model)

@@ -58,25 +58,3 @@ class Trajectory:
     @property
     def chains(self) -> int:
         return self.loss.shape[1]
-
-    def select(self, chains) -> "Trajectory":
-        """The records of some chains only (an index, slice, list or boolean mask over C)."""
-        idx = chains
-        config = {k: _select_config(v, idx, self.chains) for k, v in self.config.items()}
-        return Trajectory(
-            steps=self.steps,
-            params={k: v[:, idx] for k, v in self.params.items()},
-            loss=self.loss[:, idx],
-            reg=None if self.reg is None else self.reg[:, idx],
-            metrics={k: v[:, idx] for k, v in self.metrics.items()},
-            config=config,
-        )
-
-
-def _select_config(value, idx, C):
-    """Per-chain config entries (tensors or lists of length C) follow a selection; others are kept."""
-    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == C:
-        return value[idx]
-    if isinstance(value, list) and len(value) == C:
-        return [value[i] for i in torch.arange(C)[idx].reshape(-1).tolist()]
-    return value

@@ -1,4 +1,6 @@
-"""The book's rules for the code cells of a chapter: every line of code fits in 88 columns and a code cell
+"""The book's rules for the code cells of a chapter: every line of code fits in 88 columns (counted as
+UTF-8 bytes: a non-ASCII glyph such as η or ‖ may come from a wider fallback font on the page, so it
+counts as more than one column) and a code cell
 has at most 30 lines (the book's rhythm is about 25). Violations are reported as chapter.md:line. The
 cells are read by tools/chapter_code.py (also what `make lint` runs ruff on); that it reads them as
 jupytext does, and maps ruff's findings back to the .md lines, is checked here too."""
@@ -15,11 +17,16 @@ from chapter_code import LINE_LENGTH, MAX_CELL_LINES, code_cells  # noqa: E402
 CHAPTERS = chapters()
 
 
+def width(line: str) -> int:
+    """Columns a code line may take on the page, conservatively: its UTF-8 bytes."""
+    return len(line.encode("utf-8"))
+
+
 @pytest.mark.parametrize("doc", CHAPTERS)
 def test_code_lines_fit_the_line_length(doc):
-    too_long = [f"{doc}.md:{cell.md_line(row)}: {len(line)} > {LINE_LENGTH} columns"
+    too_long = [f"{doc}.md:{cell.md_line(row)}: {width(line)} > {LINE_LENGTH} columns"
                 for cell in code_cells(ROOT / f"{doc}.md")
-                for row, line in enumerate(cell.lines, 1) if len(line) > LINE_LENGTH]
+                for row, line in enumerate(cell.lines, 1) if width(line) > LINE_LENGTH]
     assert not too_long, f"{len(too_long)} code line(s) longer than {LINE_LENGTH}:\n" + "\n".join(too_long)
 
 

@@ -1,4 +1,5 @@
-"""Input checks shared by nblib's entry points: each failure is a ValueError that says what was wrong."""
+"""Input checks shared by nblib's loops and chapter modules: each failure is a ValueError
+that says what was wrong."""
 from __future__ import annotations
 
 import math
