@@ -10,6 +10,7 @@ matrix_sensing, weight_norm, path_sgd) above. Nothing below imports anything abo
 """
 from .claims import ClaimFailed, Ledger, glue
 from .label_noise import full_data_loss, implicit_lambda, label_noise_sgd, regularized_gd
+from .seeds import book_seeds, seed_offset, substream
 from .regularizer import (ClosedForm, closed_form_of, implicit_regularizer, implicit_regularizer_and_grad,
                           per_example_grads, per_example_sq_grad_norms, with_closed_form)
 from .style import COLORS, use_book_style
@@ -20,4 +21,5 @@ __all__ = [
     "full_data_loss", "glue", "implicit_lambda", "implicit_regularizer",
     "implicit_regularizer_and_grad", "label_noise_sgd",
     "per_example_grads", "per_example_sq_grad_norms", "regularized_gd", "use_book_style", "with_closed_form",
+    "book_seeds", "seed_offset", "substream",
 ]
