@@ -1,18 +1,22 @@
 # Two commands on a fresh machine with Python 3.11 and make:
 #   make book   create .venv, install the pinned environment, execute every chapter, build _build/html
-#   make test   same set-up, then lint, unit tests, every chapter through nbmake, the book build, HTML checks
+#   make test   same set-up, then lint, unit tests, every chapter through nbmake (at the book's seeds and
+#               again at shifted seeds), the book build, HTML checks
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NBTMP := .nbmake
+# offset-check: every chapter once more, every seed shifted to values the book never uses
+OFFSET_DIR := .nbmake-offset
+TEST_SEED_OFFSET ?= 104729
 CHAPTERS := $(shell grep -l '^kernelspec:' book/*.md)
 # The execution cache is keyed on the code of nblib and the pinned environment as well as the notebooks:
 # tools/cache_key.py hashes nblib/, requirements.lock, pyproject.toml and what is installed in the venv.
 CACHE_KEY = $(shell $(PYTHON) tools/cache_key.py --venv $(VENV))
 
-.PHONY: cache-guard venv book book-force test lint unit nbmake html-check browser-check repo-check lab bench clean
+.PHONY: cache-guard venv book book-force test lint unit nbmake offset-check html-check browser-check repo-check lab bench clean
 
 venv: $(STAMP)
 
@@ -42,7 +46,7 @@ book-force: venv
 # book's 88 columns (tools/chapter_code.py reports them at their .md lines). Both run; either fails lint.
 lint: venv
 	@status=0; \
-	  $(BIN)/ruff check nblib tests benchmarks tools || status=1; \
+	  $(BIN)/ruff check nblib tests benchmarks tools book/_ext || status=1; \
 	  $(BIN)/python tools/chapter_code.py --ruff $(BIN)/ruff || status=1; \
 	  exit $$status
 
@@ -54,9 +58,16 @@ nbmake: venv
 	for f in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb --output $(NBTMP)/$$(basename $${f%.md}).ipynb $$f; done
 	cd $(NBTMP) && ../$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --overwrite -q -p no:cacheprovider *.ipynb
 
+# Every chapter on fresh draws: BOOK_SEED_OFFSET shifts every seed (nblib.book_seeds); every gate must hold.
+offset-check: venv
+	rm -rf $(OFFSET_DIR) && mkdir -p $(OFFSET_DIR)
+	for f in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb --output $(OFFSET_DIR)/$$(basename $${f%.md}).ipynb $$f; done
+	cd $(OFFSET_DIR) && BOOK_SEED_OFFSET=$(TEST_SEED_OFFSET) ../$(BIN)/python -m pytest --nbmake \
+	  --nbmake-timeout=900 --overwrite -q -p no:cacheprovider *.ipynb
+
 # html-check compares the glued numbers of the two clean executions (.nbmake and the forced build).
 html-check: venv
-	$(BIN)/python -m pytest tests/book -q
+	OFFSET_DIR=$(OFFSET_DIR) TEST_SEED_OFFSET=$(TEST_SEED_OFFSET) $(BIN)/python -m pytest tests/book -q
 
 # Every page in headless Chromium (Debian's chromium, Python playwright; no browser download).
 # As root a missing chromium is installed with apt-get; otherwise the tests skip, or fail when CI is set.
@@ -78,7 +89,7 @@ browser-check: venv
 repo-check: venv
 	$(BIN)/python -m pytest tests/repo -q
 
-test: lint unit nbmake book-force html-check browser-check repo-check
+test: lint unit nbmake offset-check book-force html-check browser-check repo-check
 
 lab: venv
 	$(BIN)/jupyter lab book/

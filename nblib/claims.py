@@ -4,7 +4,7 @@ A row holds, per claim:
 
 - the measured values, one per replicate (one seed of the chapter's ``SEEDS``), or a single value that is
   ``exact`` (a deterministic identity, e.g. a closed form against autograd) or ``pooled`` (one statistic of all
-  replicates together, e.g. a pooled z);
+  replicates together, e.g. a pooled z) or ``stored`` (a benchmark result read from its stored file);
 - the tolerance and the *gate* that decides the row: ``"all"`` (every replicate within the tolerance),
   ``"median"`` (the median is), or ``"mean"`` (the whole 95% t-interval of the mean is);
 - how many replicates hold ("5/5"), the statistic (median, or mean with its interval) and the range;
@@ -35,7 +35,7 @@ STATUSES = {
     "own": "◆ the book's own claim",
 }
 GATES = {"all": "every replicate", "median": "the median", "mean": "95% interval of the mean"}
-KINDS = ("replicates", "exact", "pooled")
+KINDS = ("replicates", "exact", "pooled", "stored")
 
 # Two-sided 95% quantiles of Student's t, df = 1 … 30 (beyond: 1.96 suffices at this table's precision).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -131,8 +131,8 @@ class Row:
     def range_text(self) -> str:
         if self.kind == "exact":
             return "exact"
-        if self.kind == "pooled":
-            return "pooled"
+        if self.kind in ("pooled", "stored"):
+            return self.kind
         return f"{min(self.values):{self.fmt}} … {max(self.values):{self.fmt}}"
 
 
@@ -161,7 +161,8 @@ class Ledger:
             if len(values) == 1:
                 raise ValueError(
                     f"claim {key!r} has a single value: measure it on every replicate, or say that it is "
-                    "kind='exact' (deterministic) or kind='pooled' (one statistic of all replicates)")
+                    "kind='exact' (deterministic), kind='pooled' (one statistic of all replicates) or "
+                    "kind='stored' (a stored benchmark result)")
             kind = "replicates"
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -17,6 +17,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BOOK_HTML = pathlib.Path(os.environ.get("BOOK_HTML") or ROOT / "_build" / "html").resolve()
 EXECUTED = pathlib.Path(os.environ.get("BOOK_EXECUTED") or BOOK_HTML.parent / "jupyter_execute").resolve()
 NBMAKE_DIR = pathlib.Path(os.environ.get("NBMAKE_DIR") or ROOT / ".nbmake").resolve()
+# `make offset-check` executes every chapter once more with every seed shifted by TEST_SEED_OFFSET.
+OFFSET_DIR = pathlib.Path(os.environ.get("OFFSET_DIR") or ROOT / ".nbmake-offset").resolve()
+TEST_SEED_OFFSET = int(os.environ.get("TEST_SEED_OFFSET") or 104729)
 SCREENSHOTS = pathlib.Path(os.environ.get("BOOK_SCREENSHOTS") or ROOT / "_build" / "screenshots").resolve()
 
 # The repository the book is published from; the launch buttons must point at its main branch

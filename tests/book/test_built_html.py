@@ -11,11 +11,13 @@ from urllib.parse import urljoin, urlsplit
 
 import nbformat
 import pytest
-from bookinfo import BOOK_HTML, BRANCH, REPO_URL, ROOT, book_built, chapters, config, toc_files
+from bookinfo import BOOK_HTML, BRANCH, EXECUTED, REPO_URL, ROOT, book_built, chapters, config, toc_files
 from bs4 import BeautifulSoup
 from PIL import Image
 
 HTML = BOOK_HTML
+LEDGER_MIME = "application/vnd.nblib.ledger+json"
+CLAIMS_PAGE = "book/claims"
 
 pytestmark = pytest.mark.skipif(not book_built(), reason=f"build the book first (make book): no {HTML}/index.html")
 
@@ -40,8 +42,8 @@ def test_chapter_shows_its_claims_all_holding(doc):
     text = (HTML / f"{doc}.html").read_text()
     assert 'class="claims-table"' in text, f"{doc} has no claims table"
     table = text.split('class="claims-table"', 1)[1].split("</table>", 1)[0]
-    assert table.count('class="holds"') >= 1
-    assert 'class="fails"' not in table
+    assert table.count('class="holds ') >= 1
+    assert 'class="fails' not in table
     assert "Traceback" not in text and "ClaimFailed" not in text
 
 
@@ -50,6 +52,55 @@ def test_glued_numbers_are_filled_in(doc):
     text = (HTML / f"{doc}.html").read_text()
     assert "{glue:" not in text and "glue:text" not in text
     assert "could not find" not in text.lower()
+
+
+# ------------------------------------------------------------------------------------------ claims page
+
+def ledger_records():
+    """chapter → the ledger record its executed notebook holds (the book build's copy)."""
+    records = {}
+    for doc in chapters():
+        nb = json.loads((EXECUTED / f"{doc}.ipynb").read_text())
+        for cell in nb["cells"]:
+            for out in cell.get("outputs", []):
+                if LEDGER_MIME in out.get("data", {}):
+                    records[doc] = out["data"][LEDGER_MIME]
+    return records
+
+
+def test_every_chapter_writes_a_ledger_record_of_replicated_rows():
+    records = ledger_records()
+    assert sorted(records) == sorted(chapters())
+    for doc, record in records.items():
+        assert record["rows"], f"{doc}: empty ledger"
+        for row in record["rows"]:
+            assert row["holds"], f"{doc}: {row['key']} fails its gate"
+            assert row["status"] in ("reproduced", "not reproduced", "own")
+            assert row["status"] == "own" or row["paper"], f"{doc}: {row['key']} names no paper"
+            if row["kind"] == "replicates":
+                assert row["n"] == len(record["seeds"]) >= 5, f"{doc}: {row['key']} on {row['n']} replicates"
+
+
+def test_the_claims_page_lists_every_claim_with_its_status_and_a_working_link():
+    records = ledger_records()
+    page = soup(CLAIMS_PAGE)
+    table = page.select_one("table.ledger-summary")
+    assert table is not None, "the claims page has no summary table"
+    rows = table.select("tbody tr")
+    expected = [(doc, r) for doc in chapters() for r in records[doc]["rows"]]
+    assert len(rows) == len(expected), f"{len(rows)} rows on the claims page, {len(expected)} claims in the ledgers"
+    for tr, (doc, r) in zip(rows, expected):
+        cells = [td.get_text(" ", strip=True) for td in tr.select("td")]
+        assert r["claim"] in cells[1] and cells[2] == r["status_text"] and cells[3] == f"{r['n_hold']}/{r['n']}"
+        href = tr.select_one("td a")["href"]
+        target, _, anchor = urljoin(f"{CLAIMS_PAGE}.html", href).partition("#")
+        assert target == f"{doc}.html", f"{r['key']} links to {href}"
+        assert anchor and soup(doc).find(id=anchor) is not None, f"{r['key']}: no #{anchor} on {doc}"
+    counts = [li.get_text(" ", strip=True) for li in page.select("ul.ledger-counts li")]
+    for status, label in (("reproduced", "reproduced"), ("not reproduced", "not reproduced at this scale"),
+                          ("own", "the book's own claims")):
+        n = sum(r["status"] == status for _, r in expected)
+        assert f"{n} {label}" in counts, counts
 
 
 # ----------------------------------------------------------------------------------------------- leaks
