@@ -14,6 +14,13 @@ Label-noise SGD, plain SGD and the explicit flow run as chains of one ``nblib.la
 ``nblib.models.matrix_sensing`` (its closed forms make every step a few d²-sized matrix products).
 Here: the Gaussian problem, the measurements of a run (errors, spectrum, nuclear norm, reg) and the
 predicted training-error floor of the Ornstein–Uhlenbeck picture.
+
+Replicates with their own data: ``sensing_problems`` stacks R problems (problem r is exactly
+``sensing_problem(..., seed=seeds[r])``) along a leading dimension, and ``full_batch_runs`` runs
+full-batch label-noise SGD (B = n) on C chains of every problem at once. Its chain c of problem r takes
+exactly the steps of chain c of ``nblib.label_noise_sgd`` on that problem alone with ``seed=seeds[r]``
+(the same draws; tested), so a replicate is (problem, noise) and R replicates are one batched loop. The
+measurements accept a stacked problem with U of shape [..., R, C, d, d].
 """
 from __future__ import annotations
 
@@ -23,11 +30,15 @@ from dataclasses import dataclass
 import torch
 
 from . import validate
+from .label_noise import CHUNK
 from .models import matrix_sensing, sensing_metric
+from .runtime import cpu_settings
+from .trajectory import Trajectory, check_finite
 
-__all__ = ["SensingProblem", "effective_rank", "expected_reg", "gram", "matrix_sensing",
-           "nuclear_norm", "ou_train_floor", "predictions", "reg", "reg_closed_form",
-           "sensing_metric", "sensing_problem", "spectrum", "test_error", "train_error"]
+__all__ = ["SensingProblem", "effective_rank", "expected_reg", "full_batch_runs", "gram",
+           "matrix_sensing", "nuclear_norm", "ou_train_floor", "predictions", "reg", "reg_closed_form",
+           "sensing_metric", "sensing_problem", "sensing_problems", "spectrum", "test_error",
+           "train_error"]
 
 
 def _gram(U: torch.Tensor) -> torch.Tensor:
@@ -55,6 +66,10 @@ class SensingProblem:
 
     sym_flat: [n, d²], the rows vec((A_i + A_iᵀ)/2) (the fast path's only copy of the data);
     metric: M = (1/n) Σ (A_i + A_iᵀ)², so reg(U) = ⟨M, UUᵀ⟩.
+
+    A *stacked* problem (``sensing_problems``) holds R problems of one size: every tensor has a leading
+    replicate dimension (A [R, n, d, d], y [R, n], ...); ``replicates`` is R (None for one problem) and
+    ``replicate(r)`` is problem r on its own.
     """
 
     A: torch.Tensor
@@ -66,15 +81,54 @@ class SensingProblem:
 
     @property
     def d(self) -> int:
-        return self.X_star.shape[0]
+        return self.X_star.shape[-1]
 
     @property
     def n(self) -> int:
-        return self.y.shape[0]
+        return self.y.shape[-1]
 
     @property
     def rank(self) -> int:
-        return self.U_star.shape[1]
+        return self.U_star.shape[-1]
+
+    @property
+    def replicates(self) -> int | None:
+        """R for a stacked problem, None for a single one."""
+        return self.y.shape[0] if self.y.ndim == 2 else None
+
+    @property
+    def shared_sensing(self) -> bool:
+        """True for a stacked problem whose R problems share one set of sensing matrices A_i."""
+        return self.replicates is not None and self.A.ndim == 3
+
+    def replicate(self, r: int) -> "SensingProblem":
+        """Problem r of a stacked problem, as a single problem."""
+        if self.replicates is None:
+            raise ValueError("replicate(r) needs a stacked problem (nblib.matrix_sensing.sensing_problems)")
+        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < self.replicates:
+            raise ValueError(f"r must be an integer in [0, {self.replicates}), got {r!r}")
+        return SensingProblem(**{f: getattr(self, f)[r] if getattr(self, f).ndim == _EVENT_DIMS[f] + 1
+                                 else getattr(self, f) for f in _FIELDS})
+
+    def to(self, dtype: torch.dtype | None = None, device=None) -> "SensingProblem":
+        """The same data (A, U*, X*, y converted, e.g. to float64 for measurements), with sym_flat and
+        the metric M recomputed from the converted A, so that they are exact in the new precision."""
+        A, U_star, X_star, y = (getattr(self, f).to(dtype=dtype, device=device)
+                                for f in ("A", "U_star", "X_star", "y"))
+        sym = (A + A.transpose(-1, -2)) / 2
+        return SensingProblem(A=A, U_star=U_star, X_star=X_star, y=y,
+                              sym_flat=sym.reshape(*sym.shape[:-2], -1).contiguous(),
+                              metric=(4 * sym @ sym).mean(-3))
+
+
+_FIELDS = ("A", "U_star", "X_star", "y", "sym_flat", "metric")
+_EVENT_DIMS = dict(A=3, U_star=2, X_star=2, y=1, sym_flat=2, metric=2)
+
+
+def _per_replicate(problem: SensingProblem, t: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """A problem tensor shaped to broadcast against [..., R, C, *event]: a chain axis after the
+    replicate axis of a stacked tensor; a single (or shared) tensor as it is."""
+    return t.unsqueeze(-event_dims - 1) if problem.replicates is not None and t.ndim == event_dims + 1 else t
 
 
 def _as_sensing_matrices(A) -> torch.Tensor:
@@ -105,6 +159,30 @@ def sensing_problem(d: int, rank: int, n: int, *, seed: int = 0, dtype: torch.dt
                           metric=metric)
 
 
+def sensing_problems(d: int, rank: int, n: int, *, seeds, sensing_seed: int | None = None,
+                     dtype: torch.dtype = torch.float64, device=None) -> SensingProblem:
+    """R = len(seeds) problems of one size, stacked along a leading dimension.
+
+    sensing_seed=None: problem r is exactly ``sensing_problem(d, rank, n, seed=seeds[r])``: its own
+    sensing matrices A_i, ground truth U* and labels y. sensing_seed=s: one set of sensing matrices,
+    drawn from s as ``sensing_problem(..., seed=s)`` draws them, is shared by all problems (A, sym_flat
+    and metric carry no replicate dimension); problem r draws its U* from seeds[r] (first the A it
+    discards, then U*, so problem r has the ground truth of ``sensing_problem(..., seed=seeds[r])``)
+    and has its own labels y_r = ⟨A_i, X*_r⟩."""
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    parts = [sensing_problem(d, rank, n, seed=s, dtype=dtype, device=device) for s in seeds]
+    if sensing_seed is None:
+        return SensingProblem(**{f: torch.stack([getattr(p, f) for p in parts]) for f in _FIELDS})
+    shared = sensing_problem(d, rank, n, seed=sensing_seed, dtype=dtype, device=device)
+    U_star = torch.stack([p.U_star for p in parts])
+    X_star = U_star @ U_star.transpose(-1, -2)
+    y = X_star.reshape(len(seeds), -1) @ shared.A.reshape(n, -1).T
+    return SensingProblem(A=shared.A, U_star=U_star, X_star=X_star, y=y, sym_flat=shared.sym_flat,
+                          metric=shared.metric)
+
+
 # ----------------------------------------------------------------------------- measurements
 
 def gram(U: torch.Tensor) -> torch.Tensor:
@@ -113,20 +191,20 @@ def gram(U: torch.Tensor) -> torch.Tensor:
 
 
 def predictions(problem: SensingProblem, U: torch.Tensor) -> torch.Tensor:
-    """[..., n]: ⟨A_i, UUᵀ⟩ for U [..., d, d]."""
+    """[..., n]: ⟨A_i, UUᵀ⟩ for U [..., d, d] (a stacked problem: U [..., R, C, d, d] -> [..., R, C, n])."""
     X = _gram(U)
-    return X.reshape(*X.shape[:-2], -1) @ problem.sym_flat.T
+    return X.reshape(*X.shape[:-2], -1) @ problem.sym_flat.transpose(-1, -2)
 
 
 def train_error(problem: SensingProblem, U: torch.Tensor) -> torch.Tensor:
     """(1/n) Σ_i (⟨A_i, UUᵀ⟩ − y_i)² (the clean training MSE, no ½)."""
-    return (predictions(problem, U) - problem.y).pow(2).mean(-1)
+    return (predictions(problem, U) - _per_replicate(problem, problem.y, 1)).pow(2).mean(-1)
 
 
 def test_error(problem: SensingProblem, U: torch.Tensor) -> torch.Tensor:
     """‖UUᵀ − X*‖_F / ‖X*‖_F."""
-    X = _gram(U)
-    return torch.linalg.matrix_norm(X - problem.X_star) / torch.linalg.matrix_norm(problem.X_star)
+    X_star = _per_replicate(problem, problem.X_star, 2)
+    return torch.linalg.matrix_norm(_gram(U) - X_star) / torch.linalg.matrix_norm(X_star)
 
 
 def spectrum(U: torch.Tensor) -> torch.Tensor:
@@ -148,7 +226,7 @@ def nuclear_norm(U: torch.Tensor) -> torch.Tensor:
 
 def reg(problem: SensingProblem, U: torch.Tensor) -> torch.Tensor:
     """reg(U) = ⟨M, UUᵀ⟩ = (1/n) Σ_i ‖(A_i + A_iᵀ)U‖_F² (closed form, any leading dims)."""
-    return (problem.metric * _gram(U)).sum((-2, -1))
+    return (_per_replicate(problem, problem.metric, 2) * _gram(U)).sum((-2, -1))
 
 
 # ----------------------------------------------------------------------------- the OU floor
@@ -163,6 +241,8 @@ def ou_train_floor(problem: SensingProblem, U: torch.Tensor, *, lr: float, noise
     """
     lr = validate.positive(lr, "lr")
     sigma = validate.nonnegative(noise_std, "noise_std")
+    if problem.replicates is not None:
+        raise ValueError("ou_train_floor takes a single problem: use problem.replicate(r)")
     d, n = problem.d, problem.n
     if not isinstance(U, torch.Tensor) or U.shape != (d, d):
         raise ValueError(f"U must have shape [{d}, {d}]")
@@ -173,3 +253,133 @@ def ou_train_floor(problem: SensingProblem, U: torch.Tensor, *, lr: float, noise
         raise ValueError(f"lr={lr:g} is beyond the stability limit of full-batch GD at this U (max 2ηκ/n = "
                          f"{float(a.max()):.3g} >= 2)")
     return float(sigma ** 2 / n * (a / (2 - a)).sum())
+
+
+# ----------------------------------------------------------------------------- replicates, one loop
+
+def _per_chain_list(value, C: int, name: str) -> list[float]:
+    values = [value] * C if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
+    if len(values) != C:
+        raise ValueError(f"{name} must be one number or one per chain ({C}); got {len(values)} values")
+    return [validate.nonnegative(v, name) for v in values]
+
+
+def _problem_major(v: torch.Tensor, C: int, R: int) -> torch.Tensor:
+    """[C·R, ...] ordered [chain][problem] -> [R·C, ...] ordered [problem][chain]."""
+    return v.view(C, R, *v.shape[1:]).transpose(0, 1).reshape(C * R, *v.shape[1:])
+
+
+def full_batch_runs(problems: SensingProblem, U0: torch.Tensor, *, lr: float, noise_std, lam=0.0,
+                    steps: int, seeds, noise_off_after: int | None = None, record_every: int | None = None,
+                    threads: int | None = 1) -> Trajectory:
+    """Full-batch label-noise SGD (B = n) on C chains of each of the R stacked ``problems`` at once.
+
+    Chain c of problem r: U ← U − η ∇_U [(1/n) Σ_i (⟨A_i, UUᵀ⟩ − y_i − σ_c Z_i)² + λ_c·reg(U)], Z fresh
+    at every step from the generator seeded ``seeds[r]``, drawn as ``nblib.label_noise_sgd`` draws them
+    (chunks of CHUNK steps, [CHUNK, C, n]): it takes the very steps of chain c of
+    ``label_noise_sgd(matrix_sensing, {"U": U0}, A_r, y_r, lr=lr, noise_std=noise_std, lam=lam,
+    chains=C, batch_size=n, seed=seeds[r], noise_off_after=...)``. noise_std and lam: one number or
+    one per chain (C = their length); σ = 0, λ > 0 is the explicit flow, σ = λ = 0 plain GD.
+    noise_off_after: from this step on σ = 0. record_every: as label_noise_sgd (default 100 records).
+
+    Each step applies every problem's measurement operator twice (predictions, then the gradient), with
+    the data stored once as the upper triangle of (A_i + A_iᵀ)/2 (d(d+1)/2 numbers per measurement).
+    R problems with their own A_i cost about R times one problem; problems that share their A_i
+    (``sensing_problems(..., sensing_seed=s)``) need one matrix product for all R·C chains.
+
+    Returns a Trajectory with params {"U": [T, R·C, d, d]} ordered [problem][chain], loss [T, R·C] (the
+    clean training MSE) and reg [T, R·C].
+    """
+    R = problems.replicates
+    if R is None:
+        raise ValueError("problems must be stacked (nblib.matrix_sensing.sensing_problems)")
+    seeds = list(seeds)
+    if len(seeds) != R or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be {R} integers, one per problem; got {seeds!r}")
+    lr = validate.positive(lr, "lr")
+    steps = validate.count(steps, "steps", minimum=0)
+    C = len(noise_std) if not isinstance(noise_std, (int, float)) else (
+        len(lam) if not isinstance(lam, (int, float)) else 1)
+    sig = _per_chain_list(noise_std, C, "noise_std")
+    lam_ = _per_chain_list(lam, C, "lam")
+    off = steps if noise_off_after is None else validate.count(noise_off_after, "noise_off_after", minimum=0)
+    every = max(1, steps // 100) if record_every is None else validate.count(record_every, "record_every")
+    d, n, dtype, device = problems.d, problems.n, problems.y.dtype, problems.y.device
+    if not isinstance(U0, torch.Tensor) or U0.shape != (d, d) or not torch.isfinite(U0).all():
+        raise ValueError(f"U0 must be a finite tensor of shape [{d}, {d}]")
+
+    # Inside the loop the chains are ordered [chain c][problem r] (flat CR = C·R), so that the chains
+    # of one kind (one σ, one λ) are a contiguous block; the records are reordered to [r][c].
+    CR = C * R
+    rows, cols = torch.triu_indices(d, d, device=device)
+    m = len(rows)
+    upper = rows * d + cols                                          # [m] flat index of j ≤ k
+    pos = torch.zeros(d, d, dtype=torch.long, device=device)
+    pos[rows, cols] = torch.arange(m, device=device)
+    full = torch.maximum(pos, pos.T).reshape(-1)                     # [d²] upper-triangle slot of (j, k)
+    weight = torch.where(rows == cols, 1.0, 2.0).to(dtype)           # ⟨S, X⟩ = Σ_{j≤k} w S_jk X_jk
+    S_half = problems.sym_flat[..., upper].contiguous()              # [n, m] shared, or [R, n, m]
+    shared = S_half.ndim == 2
+    M2 = 2 * problems.metric                                         # ∇reg = 2MU: [d, d] or [R, d, d]
+    y = problems.y.repeat(C, 1)                                      # [CR, n]
+    sigma_c = torch.tensor(sig, dtype=dtype, device=device).repeat_interleave(R)[:, None]
+    noisy = any(v > 0 for v in sig)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    hint = f"Lower lr (now {lr:g}) or noise_std (now {max(sig):g})" + (
+        f" or lam (now {max(lam_):g})." if any(v > 0 for v in lam_) else ".")
+
+    def forward(Xh, Y):
+        """[CR, n]: ⟨S_i, X_c⟩ − Y (beta = −1: the residuals)."""
+        if shared:
+            return torch.addmm(Y, Xh, S_half.T, beta=-1)
+        out = torch.bmm(Xh.view(C, R, m).transpose(0, 1), S_half.transpose(1, 2))   # [R, C, n]
+        return out.transpose(0, 1).reshape(CR, n) - Y
+
+    def backward(g):
+        """[CR, m]: Σ_i g_ci S_i, as an upper triangle."""
+        if shared:
+            return g @ S_half
+        return torch.bmm(g.view(C, R, n).transpose(0, 1), S_half).transpose(0, 1).reshape(CR, m)
+
+    def half(U):
+        return torch.bmm(U, U.transpose(1, 2)).view(CR, d * d).index_select(1, upper) * weight
+
+    out_steps, out_U, out_loss, out_reg = [], [], [], []
+
+    def record(t, U):
+        Xh = half(U)
+        loss = forward(Xh, y).pow(2).mean(-1)
+        check_finite(loss, t, hint)
+        reg_ = (problems.metric * (U @ U.transpose(1, 2)).view(C, R, d, d)).sum((-2, -1))   # [C, R]
+        out_steps.append(t)
+        out_U.append(_problem_major(U, C, R).clone())
+        out_loss.append(_problem_major(loss, C, R))
+        out_reg.append(reg_.T.reshape(-1))
+
+    flows = [(slice(c * R, (c + 1) * R), v) for c, v in enumerate(lam_) if v > 0]
+    U = U0.to(dtype=dtype, device=device).expand(CR, d, d).clone()
+    with cpu_settings(threads), torch.no_grad():
+        record(0, U)
+        t = 0
+        while t < steps:
+            K = min(CHUNK, steps - t)
+            if noisy:                                                # [CHUNK, R, C, n] -> [K, CR, n]
+                Z = torch.stack([torch.randn(CHUNK, C, n, generator=g, dtype=dtype) for g in gens], 1)
+                Yc = y + sigma_c * Z[:K].transpose(1, 2).reshape(K, CR, n).to(device)
+            for k in range(K):
+                r = forward(half(U), Yc[k] if noisy and t < off else y)
+                # ∇ (1/n) Σ r_i² = (4/n) Σ_i r_i S_i U, with S_i = (A_i + A_iᵀ)/2
+                grad = torch.bmm(backward(r).index_select(1, full).view(CR, d, d), U)
+                grad.mul_(4.0 / n)
+                for block, lam_value in flows:                       # λ·∇reg on those chains
+                    grad[block].add_(M2 @ U[block], alpha=lam_value)
+                U = U - lr * grad
+                t += 1
+                if t % every == 0 or t == steps:
+                    record(t, U)
+            check_finite(r.pow(2).mean(-1), t, hint)
+    config = dict(model="matrix_sensing", lr=[lr] * CR, noise_std=sig * R, lam=lam_ * R, steps=steps,
+                  batch_size=n, noise="gaussian", seeds=seeds, chains_per_problem=C,
+                  noise_off_after=noise_off_after)
+    return Trajectory(steps=torch.tensor(out_steps), params={"U": torch.stack(out_U)},
+                      loss=torch.stack(out_loss), reg=torch.stack(out_reg), config=config)

@@ -6,6 +6,7 @@ Where a chapter runs many steps, the model also carries closed forms (``model.cl
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -297,16 +298,16 @@ _METRIC_CACHE: dict = {}
 def sensing_metric(A: torch.Tensor) -> torch.Tensor:
     """M = (1/n) Σ_i (A_i + A_iᵀ)², so that reg(U) = ⟨M, UUᵀ⟩ exactly. A: [n, d, d] -> [d, d].
 
-    The last M computed is kept (keyed on the tensor's storage, shape, dtype and version), so a loop
+    The last M computed is kept (keyed on the tensor itself, by a weak reference, and its version), so a loop
     that needs ∇reg = 2MU at every step forms M once."""
     if not isinstance(A, torch.Tensor) or A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] == 0:
         shape = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
         raise ValueError(f"sensing matrices must be a tensor of shape [n, d, d] with n >= 1; got {shape}")
-    key = (A.data_ptr(), tuple(A.shape), A.dtype, A.device, A._version)
-    if _METRIC_CACHE.get("key") != key:
+    ref = _METRIC_CACHE.get("ref")
+    if ref is None or ref() is not A or _METRIC_CACHE.get("version") != A._version:
         sym = A + A.transpose(-1, -2)
         M = (sym @ sym).mean(0)
-        _METRIC_CACHE.update(key=key, M=M, M2=2 * M)
+        _METRIC_CACHE.update(ref=weakref.ref(A), version=A._version, M=M, M2=2 * M)
     return _METRIC_CACHE["M"]
 
 

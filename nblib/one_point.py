@@ -21,6 +21,12 @@ closed forms, so label-noise SGD runs many chains as one batched tensor computat
 On one example the step w_i ← w_i − 2η r c_i σ'(w_iᵀx) x never changes the part of w_i orthogonal to x.
 So a run in d dimensions is exactly the run of the same network on the 1-D input ‖x‖ whose weights
 are the components w_iᵀx̂ (``along_x``): the chapter runs that reduction.
+
+Counting distinct (c_i, h_i) pairs: single-linkage clusters at a tolerance (``count_clusters``), the merge
+heights behind them (``merge_heights``, ``merge_tolerance``: the tolerance at which a chain would read as k
+pairs), and the rule that reads a count only when it is final (``continue_until_final``: chains reading as
+more than k pairs are run on, doubling their run time, until they read as k or fewer or their merge
+tolerance stops shrinking).
 """
 from __future__ import annotations
 
@@ -34,9 +40,9 @@ from .models import (ACTIVATIONS, UNIT_NETS, activation_derivatives, check_activ
 MODELS = UNIT_NETS                       # {"logistic": logistic_net, "tanh": tanh_net}
 init_params = init_unit_net
 
-__all__ = ["ACTIVATIONS", "MODELS", "along_x", "cluster_diameter", "count_clusters", "init_params", "logistic_net",
-           "paper_R", "predicted_optimum", "reduced_r", "stationarity_residual", "stationary_h",
-           "tanh_net", "unit_pairs"]
+__all__ = ["ACTIVATIONS", "MODELS", "along_x", "cluster_diameter", "continue_until_final", "count_clusters",
+           "init_params", "logistic_net", "merge_heights", "merge_tolerance", "paper_R", "predicted_optimum",
+           "reduced_r", "stationarity_residual", "stationary_h", "tanh_net", "unit_pairs"]
 
 
 def along_x(params: dict, x) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -176,3 +182,96 @@ def cluster_diameter(points: torch.Tensor, labels_tol: float) -> torch.Tensor:
     for _ in range(max(1, int(math.ceil(math.log2(max(m, 2)))) + 1)):       # transitive closure by squaring
         reach = torch.bmm(reach.double(), reach.double()) > 0
     return torch.where(reach, dist, torch.zeros_like(dist)).amax((1, 2))
+
+
+def merge_heights(points: torch.Tensor) -> torch.Tensor:
+    """The single-linkage merge heights of each chain's units, ascending: points [C, m, k] -> [C, m − 1].
+
+    They are the edge lengths of the minimum spanning tree of the m points (Prim's algorithm, all chains at
+    once): ``count_clusters(points, tol)`` is 1 + the number of heights above tol."""
+    if points.ndim != 3:
+        raise ValueError(f"points must have shape [chains, units, coords]; got {tuple(points.shape)}")
+    if not torch.isfinite(points).all():
+        raise ValueError("points contain NaN or infinite values")
+    C, m, _ = points.shape
+    dist = torch.cdist(points, points)
+    rows = torch.arange(C)
+    inside = torch.zeros(C, m, dtype=torch.bool)
+    inside[:, 0] = True
+    best = dist[:, 0].clone()
+    edges = []
+    for _ in range(m - 1):
+        e, j = best.masked_fill(inside, math.inf).min(-1)
+        edges.append(e)
+        inside[rows, j] = True
+        best = torch.minimum(best, dist[rows, j])
+    if not edges:
+        return points.new_zeros(C, 0)
+    return torch.stack(edges, -1).sort(-1).values
+
+
+def merge_tolerance(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Per chain, the smallest tolerance at which ``count_clusters`` finds at most k clusters ([C]): the
+    distance the chain's units still have to close for it to read as k pairs (0 when it already would at
+    any tolerance, i.e. m ≤ k)."""
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    heights = merge_heights(points)
+    m = points.shape[1]
+    if m <= k:
+        return points.new_zeros(points.shape[0])
+    return heights[:, m - 1 - k]
+
+
+def continue_until_final(params: dict, measure, run, *, steps: int, tol: float, k: int = 2, rounds: int = 3,
+                         settled: float = 0.9):
+    """Continue the chains that read as more than k pairs until that reading is final.
+
+    params: {name: [C, ...]}, the chains after a run of ``steps`` steps. measure(params) -> a dict of [C, ...]
+    tensors holding at least "c" and "h" ([C, m], the units' pairs) and "clusters" ([C], the count at tol).
+    run(sub, chains, n) -> the parameters of the chains ``chains`` (a LongTensor of indices; ``sub`` is params
+    restricted to them) after n more steps.
+
+    Round r runs every open chain for steps·2^r more steps, so each round doubles its run time. A chain is
+    closed when its count is ≤ k, or when its τ_k = merge_tolerance(·, k) changed by less than a fraction
+    1 − settled over the doubling (the count has settled: final, whatever it is). Chains still open after
+    ``rounds`` rounds are reported as open.
+
+    Returns (params, meas, report): every chain's parameters and measurements at the point where its count
+    was read, and report = {"chains": [indices continued], "tau_k": {chain: [τ_k at the end of the run and
+    after each round]}, "steps": {chain: total steps}, "open": [indices still open]}.
+    """
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(rounds, int) and rounds >= 0):
+        raise ValueError(f"steps must be >= 1 and rounds >= 0 (integers); got {steps!r}, {rounds!r}")
+    if not 0 < settled < 1:
+        raise ValueError(f"settled must lie in (0, 1), got {settled!r}")
+    params = {name: v.clone() for name, v in params.items()}
+    meas = {name: v.clone() for name, v in measure(params).items()}
+
+    def tau_k(ms):
+        return merge_tolerance(torch.stack([ms["c"], ms["h"]], -1), k)
+
+    gap = tau_k(meas)
+    open_ = meas["clusters"] > k
+    chains = torch.nonzero(open_).flatten().tolist()
+    report = {"chains": chains, "tau_k": {c: [float(gap[c])] for c in chains},
+              "steps": {c: steps for c in chains}, "open": []}
+    for r in range(rounds):
+        idx = torch.nonzero(open_).flatten()
+        if idx.numel() == 0:
+            break
+        n = steps * 2 ** r
+        new = run({name: v[idx] for name, v in params.items()}, idx, n)
+        new_meas = measure(new)
+        new_gap = tau_k(new_meas)
+        for name in params:
+            params[name][idx] = new[name]
+        for name in meas:
+            meas[name][idx] = new_meas[name]
+        for j, c in enumerate(idx.tolist()):
+            report["tau_k"][c].append(float(new_gap[j]))
+            report["steps"][c] += n
+        open_[idx] = (new_meas["clusters"] > k) & (new_gap < settled * gap[idx])
+        gap[idx] = new_gap
+    report["open"] = torch.nonzero(open_).flatten().tolist()
+    return params, meas, report

@@ -12,10 +12,12 @@ The paper's regularizer for this model (ReLU'(0) taken as 0) is
 
 and nblib's reg = R/n (``paper_R`` computes R independently of nblib's closed form).
 
-Also here: the data of the chapter, the shape measurements (curve length, deviation from a line,
-convexity changes forced by the data), the masks that freeze the inner layer per chain (for
-``nblib.label_noise_sgd``'s ``trainable``) and a Gauss–Newton projection onto
-the zero-error manifold (``project_to_interpolant``) that removes the normal fluctuation of a noisy iterate.
+Also here: the data of the chapter, the shape measurements (curve length and deviation from a line, exact
+from the kinks; convexity changes forced by the data), initializations per replicate seed
+(``init_replicates``), the masks that freeze the inner layer per chain (for ``nblib.label_noise_sgd``'s
+``trainable``), the predicted training-error floor of full-batch label noise from the Gram spectrum
+(``label_noise_floor``) and a Gauss–Newton projection onto the zero-error manifold
+(``project_to_interpolant``) that removes the normal fluctuation of a noisy iterate.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import torch
 
 from .models import relu_preactivations, two_layer_relu
 from .regularizer import closed_form_of
+from .runtime import cpu_settings
+from .seeds import substream
 
 _forward = closed_form_of(two_layer_relu).forward      # [C, B]: f_θ(x_b) for stacked params
 
@@ -153,25 +157,40 @@ def evaluate(params: dict, x) -> torch.Tensor:
         return _forward(params, x.expand(C, -1))
 
 
-def curve_length(params: dict, lo: float, hi: float, *, points: int = 4001) -> torch.Tensor:
-    """[C]: length of the graph of f_θ over [lo, hi], ∫ √(1 + f'²) dx, exact up to kinks closer than the grid."""
+def _breakpoints(params: dict, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """([C, m + 2], [C, m + 2]): lo, every kink of f_θ inside (lo, hi) and hi, sorted (kinks outside are
+    moved onto lo or hi), and f_θ there, in float64. f_θ is linear between consecutive points."""
+    C = _check_stacked(params)
     if not hi > lo:
         raise ValueError(f"need lo < hi, got lo={lo}, hi={hi}")
-    x = torch.linspace(lo, hi, points, dtype=params["a"].dtype)
-    f = evaluate(params, x)
-    return torch.sqrt(x.diff() ** 2 + f.diff(dim=1) ** 2).sum(1)
+    P = {k: params[k].detach().to(torch.float64) for k in PARAM_NAMES}
+    a, b = P["a"], P["b"]
+    k = torch.where(a != 0, -b / torch.where(a != 0, a, torch.ones_like(a)), torch.full_like(a, lo))
+    ends = torch.tensor([lo, hi], dtype=torch.float64).expand(C, 2)
+    x = torch.cat([ends, k.clamp(lo, hi)], 1).sort(1).values
+    with torch.no_grad():
+        return x, _forward(P, x)
 
 
-def line_deviation(params: dict, X, y, run: tuple[int, int], *, points: int = 1001) -> torch.Tensor:
-    """[C]: max |f_θ(x) − ℓ(x)| over [x_first, x_last] of a run of collinear points, ℓ their line."""
+def curve_length(params: dict, lo: float, hi: float) -> torch.Tensor:
+    """[C]: length of the graph of f_θ over [lo, hi], ∫ √(1 + f'²) dx, exact: f_θ is piecewise linear,
+    so the length is that of the polyline through its values at lo, its kinks and hi."""
+    x, f = _breakpoints(params, lo, hi)
+    return torch.sqrt(x.diff(dim=1) ** 2 + f.diff(dim=1) ** 2).sum(1).to(params["a"].dtype)
+
+
+def line_deviation(params: dict, X, y, run: tuple[int, int]) -> torch.Tensor:
+    """[C]: max |f_θ(x) − ℓ(x)| over [x_first, x_last] of a run of collinear points, ℓ their line.
+
+    Exact: f_θ − ℓ is piecewise linear, so its largest size is at an end or at a kink."""
     X, y = _check_data(X, y)
     i, j = run
     if not (0 <= i < j < X.shape[0]):
         raise ValueError(f"run {run} is not a pair of point indices first < last within 0..{X.shape[0] - 1}")
-    x = torch.linspace(float(X[i]), float(X[j]), points, dtype=params["a"].dtype)
-    slope = (y[j] - y[i]) / (X[j] - X[i])
-    line = y[i] + slope * (x - X[i])
-    return (evaluate(params, x) - line).abs().max(1).values
+    x, f = _breakpoints(params, float(X[i]), float(X[j]))
+    xi, yi = float(X[i]), float(y[i])
+    slope = (float(y[j]) - yi) / (float(X[j]) - xi)
+    return (f - (yi + slope * (x - xi))).abs().max(1).values.to(params["a"].dtype)
 
 
 def kink_masses(params: dict, lo: float, hi: float, *, bins: int) -> torch.Tensor:
@@ -250,6 +269,18 @@ def init_chains(width: int, chains: int, *, scale_ab: float, scale_c: float, see
     }
 
 
+def init_replicates(width: int, per_seed: int, seeds, *, scale_ab: float, scale_c: float,
+                    stream: str = "init", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Stacked params for ``per_seed`` initializations of every replicate seed, in seed order:
+    chains [i·per_seed, (i + 1)·per_seed) are ``init_chains`` drawn from ``substream(seeds[i], stream)``."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must be a non-empty list of integers")
+    blocks = [init_chains(width, per_seed, scale_ab=scale_ab, scale_c=scale_c,
+                          seed=substream(s, stream), dtype=dtype) for s in seeds]
+    return {k: torch.cat([b[k] for b in blocks]) for k in blocks[0]}
+
+
 # ----------------------------------------------------------------------------- layers frozen per chain
 
 def inner_frozen(inner_trainable, C: int, dtype) -> dict[str, torch.Tensor]:
@@ -276,6 +307,35 @@ def jacobian(params: dict, X, *, inner_trainable=None) -> torch.Tensor:
     return torch.cat([t_in * c * xs * on, t_in * c * on, torch.relu(pre), xs, torch.ones_like(xs)], 2)
 
 
+def gram_eigenvalues(params: dict, X, *, inner_trainable=None) -> torch.Tensor:
+    """[C, n]: eigenvalues (ascending) of the Gram matrix J Jᵀ of the trainable parameters, in float64.
+
+    Their sum is n·reg (reg = tr(J Jᵀ)/n); label-noise SGD relaxes along eigenvalue k at the rate 2ηk/B."""
+    P = {k: v.detach().to(torch.float64) for k, v in params.items()}
+    J = jacobian(P, _as_1d(X, "X", dtype=torch.float64), inner_trainable=inner_trainable)
+    return torch.linalg.eigvalsh(J @ J.transpose(1, 2))
+
+
+def label_noise_floor(params: dict, X, *, lr: float, noise_std: float, batch_size: int,
+                      inner_trainable=None) -> torch.Tensor:
+    """[C]: the clean training MSE at which full-batch label-noise SGD fluctuates around an interpolant.
+
+    Linearized at the iterate, the residual along an eigenvector of J Jᵀ (eigenvalue k) is an AR(1)
+    process r ← (1 − 2ηk/B) r + (2ησk/B) z, with stationary variance λk/(1 − ηk/B), λ = ησ²/B. So the
+    predicted MSE is (λ/n) Σ_k k/(1 − ηk/B): λ·reg to first order in η (needs the full batch, B = n, and
+    ηk/B < 1 for every k: the step is stable). Raises ValueError when some ηk/B ≥ 1.
+    """
+    ev = gram_eigenvalues(params, X, inner_trainable=inner_trainable)
+    n = ev.shape[1]
+    if batch_size != n:
+        raise ValueError(f"the floor formula is for full-batch steps: batch_size={batch_size}, n={n}")
+    q = lr * ev / batch_size
+    if bool((q >= 1).any()):
+        raise ValueError(f"lr·k/B reaches {float(q.max()):.3g} ≥ 1: the step is unstable; lower lr")
+    lam = lr * noise_std ** 2 / batch_size
+    return lam * (ev / (1 - q)).sum(1) / n
+
+
 def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 1e-12,
                            inner_trainable=None) -> dict[str, torch.Tensor]:
     """The nearby zero-error point, by Levenberg–Marquardt steps θ ← θ − Jᵀ(JJᵀ + μI)⁻¹(f(X) − y).
@@ -288,39 +348,47 @@ def project_to_interpolant(params: dict, X, y, *, iters: int = 60, tol: float = 
     keeps its position along the manifold to first order. A chain whose inner layer is frozen
     (inner_trainable[c] = 0) is projected with a and b fixed. Runs in float64; returns the input dtype.
     """
+    with cpu_settings(1):
+        return _project(params, X, y, iters, tol, inner_trainable)
+
+
+def _project(params: dict, X, y, iters: int, tol: float, inner_trainable) -> dict[str, torch.Tensor]:
     C = _check_stacked(params)
     X, y = _check_data(X, y)
     dtype = params["a"].dtype
     P = {k: v.detach().to(torch.float64).clone() for k, v in params.items()}
     X, y = X.to(torch.float64), y.to(torch.float64)
-    XC, n, m = X.expand(C, -1), X.shape[0], P["a"].shape[1]
+    n, m = X.shape[0], P["a"].shape[1]
     eye = torch.eye(n, dtype=torch.float64)
 
     def error(Q):
-        return torch.nan_to_num((_forward(Q, XC) - y).pow(2).mean(1), nan=math.inf)
+        f = _forward(Q, X.expand(Q["a"].shape[0], -1))
+        return torch.nan_to_num((f - y).pow(2).mean(1), nan=math.inf)
 
+    t_in = (torch.ones(C, dtype=torch.float64) if inner_trainable is None
+            else torch.as_tensor(inner_trainable, dtype=torch.float64).expand(C).clone())
     err = error(P)
-    J = jacobian(P, X, inner_trainable=inner_trainable)
+    J = jacobian(P, X, inner_trainable=t_in)
     mu = 1e-3 * torch.diagonal(J @ J.transpose(1, 2), dim1=1, dim2=2).mean(1)
     for _ in range(int(iters)):
-        if bool((err <= tol).all()):
+        act = (err > tol).nonzero().squeeze(1)      # only the chains not yet on the manifold
+        if act.numel() == 0:
             break
-        r = _forward(P, XC) - y
-        J = jacobian(P, X, inner_trainable=inner_trainable)
-        K = J @ J.transpose(1, 2) + mu[:, None, None] * eye
+        Pa = {k: v[act] for k, v in P.items()}
+        r = _forward(Pa, X.expand(act.numel(), -1)) - y
+        J = jacobian(Pa, X, inner_trainable=t_in[act])
+        K = J @ J.transpose(1, 2) + mu[act, None, None] * eye
         step = (J.transpose(1, 2) @ torch.linalg.solve(K, r.unsqueeze(2))).squeeze(2)
         parts = {"a": step[:, :m], "b": step[:, m:2 * m], "c": step[:, 2 * m:3 * m],
                  "a0": step[:, 3 * m], "b0": step[:, 3 * m + 1]}
-        Q = dict(P)
-        for k, d in parts.items():
-            Q[k] = P[k] - d
+        Q = {k: Pa[k] - d for k, d in parts.items()}
         new = error(Q)
-        ok = (new < err) & (err > tol)
+        ok = new < err[act]
         for k in parts:
             keep = ok if P[k].ndim == 1 else ok[:, None]
-            P[k] = torch.where(keep, Q[k], P[k])
-        err = torch.where(ok, new, err)
-        mu = torch.where(ok, mu / 3, mu * 4)
+            P[k][act] = torch.where(keep, Q[k], Pa[k])
+        err[act] = torch.where(ok, new, err[act])
+        mu[act] = torch.where(ok, mu[act] / 3, mu[act] * 4)
     return {k: v.to(dtype) for k, v in _solve_outer_layer(P, X, y, tol).items()}
 
 

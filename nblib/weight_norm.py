@@ -14,7 +14,8 @@ The flow conserves, coordinate by coordinate, a_i(w)·r^{ρ−1} where a_i is th
     L = 2:  a_i = √(u_i v_i)            L > 2:  a_i = ((u_i^{2−L} + v_i^{2−L})/2)^{1/(2−L)}
 
 (a_i = α at the start). So a growing radius shrinks the effective initialization by (r₀/r)^{ρ−1}.
-This is the reconstruction in the book's paper notes; the paper's own text was not reachable here.
+This is the book's reconstruction of "gradient descent on polar coordinates" (the paper's abstract), not the
+paper's stated algorithm.
 
 Every run is batched: P problems (A: [P, M, N], y: [P, M]; seeds, sparsities) times K runs on each (α's,
 step sizes, ratios: [K] or [P, K]) advance as one tensor computation, x: [P, K, N], so that each step is
@@ -30,7 +31,9 @@ t = 0, record_every, 2·record_every, ... and the last step:
     config   {"method": "gd" | "wn_gd", "depth", "problems": P, "runs": K, "alpha": [C], "lr": [C],
               "ratio": [C] or None, "tol", "steps"}
 
-``final_x`` [P, K, N], ``by_problem`` [T, P, K] and ``steps_to_tol`` [P, K] give them back per problem.
+``final_x`` [P, K, N], ``by_problem`` [T, P, K] and ``steps_to_tol`` [P, K] give them back per problem;
+``crossing_scale`` reads off a sweep the largest α at which an error stays below a level, interpolated
+between the grid points.
 """
 from __future__ import annotations
 
@@ -194,12 +197,30 @@ def safe_lr(A, x_star, alpha, depth: int, *, factor: float = 1.0) -> torch.Tenso
 # ----------------------------------------------------------------------------- training
 
 
-def _gradient(A, y, u, v, L):
-    """x, loss ½‖Ax − y‖² [P, K], and ∇_u L, ∇_v L; g = Aᵀ(Ax − y) as one matrix product per problem."""
-    x = u ** L - v ** L
-    res = torch.bmm(x, A.transpose(1, 2)) - y.unsqueeze(1)          # [P, K, M]
+def _gradient(A, At, y1, w, L):
+    """loss ½‖Ax − y‖² [P, K] and ∇_w L at w = (u, v) [P, K, 2N]; g = Aᵀ(Ax − y) as one matrix product per
+    problem (At = Aᵀ, y1 = y[:, None]): ∇_u L = L u^{L−1} g, ∇_v L = −L v^{L−1} g."""
+    N = A.shape[-1]
+    u, v = w[..., :N], w[..., N:]
+    x = u * u - v * v if L == 2 else u ** L - v ** L
+    res = torch.bmm(x, At) - y1                                      # [P, K, M]
     g = torch.bmm(res, A)                                            # [P, K, N]
-    return x, 0.5 * (res ** 2).sum(-1), L * u ** (L - 1) * g, -L * v ** (L - 1) * g
+    dw = L * w if L == 2 else L * w ** (L - 1)
+    return 0.5 * (res * res).sum(-1), dw * torch.cat([g, -g], -1)
+
+
+def _polar_step_w(w, gw, lr, ratio_lr):
+    """``polar_step`` on w = (u, v) [..., 2N] with gradient gw; lr, ratio_lr = ρ·lr: [..., 1]."""
+    r = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+    z = w / r
+    dLdr = (z * gw).sum(-1, keepdim=True)
+    z = z - (ratio_lr / r) * (gw - dLdr * z)
+    nz = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    r = r - lr * dLdr
+    if bool((r <= 0).any()):
+        raise DivergenceError("the radius became non-positive, the step on it overshot: lower lr (now at "
+                              f"most {float(torch.as_tensor(lr).max()):.3g})")
+    return (r / nz) * z
 
 
 def polar_step(u, v, gu, gv, lr, ratio):
@@ -207,18 +228,10 @@ def polar_step(u, v, gu, gv, lr, ratio):
 
         r' = r − η ⟨z, ∇_w L⟩,    z' = normalize(z − (ρη/r²) · r (∇_w L − ⟨z, ∇_w L⟩ z)).
     """
-    r = torch.sqrt((u ** 2).sum(-1, keepdim=True) + (v ** 2).sum(-1, keepdim=True))
-    zu, zv = u / r, v / r
-    dLdr = (zu * gu).sum(-1, keepdim=True) + (zv * gv).sum(-1, keepdim=True)
-    step = ratio * lr / r
-    zu = zu - step * (gu - dLdr * zu)
-    zv = zv - step * (gv - dLdr * zv)
-    nz = torch.sqrt((zu ** 2).sum(-1, keepdim=True) + (zv ** 2).sum(-1, keepdim=True))
-    r = r - lr * dLdr
-    if (r <= 0).any():
-        raise DivergenceError("the radius became non-positive, the step on it overshot: lower lr (now at "
-                              f"most {float(torch.as_tensor(lr).max()):.3g})")
-    return r * zu / nz, r * zv / nz
+    N = u.shape[-1]
+    lr = torch.as_tensor(lr, dtype=u.dtype)
+    w = _polar_step_w(torch.cat([u, v], -1), torch.cat([gu, gv], -1), lr, torch.as_tensor(ratio) * lr)
+    return w[..., :N], w[..., N:]
 
 
 def _check_loss(loss, t, lr, alpha):
@@ -273,20 +286,28 @@ def _train(A, y, *, alpha, depth, lr, ratio, steps, tol, record_every, stop_at_t
 def _loop(A, y, alpha, lr, rho, L, steps, tol, record_every, stop_at_tol):
     P, _, N = A.shape
     K = alpha.shape[1]
-    u = alpha.unsqueeze(-1).expand(P, K, N).clone()
-    v = u.clone()
+    w = alpha.unsqueeze(-1).expand(P, K, 2 * N).clone()             # w = (u, v), u = v = α
+    At, y1 = A.transpose(1, 2).contiguous(), y.unsqueeze(1)
     rho_rec = torch.ones(P, K, dtype=A.dtype) if rho is None else rho
-    eta, ratio_ = lr.unsqueeze(-1), (None if rho is None else rho.unsqueeze(-1))
-    I0 = wn_invariant(u, v, L, rho_rec)
+    eta = lr.unsqueeze(-1)
+    ratio_lr = None if rho is None else rho.unsqueeze(-1) * eta
+    I0 = wn_invariant(w[..., :N], w[..., N:], L, rho_rec)
     hit = torch.full((P, K), -1, dtype=torch.long)
+    pending = torch.ones(P, K, dtype=torch.bool)                     # runs not yet at loss ≤ tol
+    done = False
     rec_t, rec_u, rec_v, rec_loss, rec_r, rec_drift, rec_hit = [], [], [], [], [], [], []
 
     for t in range(steps + 1):
-        _, loss, gu, gv = _gradient(A, y, u, v, L)
-        _check_loss(loss, t, lr, alpha)
-        hit = torch.where((hit < 0) & (loss <= tol), t, hit)
-        done = stop_at_tol and bool((hit >= 0).all())
+        loss, gw = _gradient(A, At, y1, w, L)
+        if not float(loss.max()) <= HUGE:                           # NaN, inf or huge somewhere
+            _check_loss(loss, t, lr, alpha)
+        if not done and float(torch.where(pending, loss, math.inf).min()) <= tol:
+            newly = pending & (loss <= tol)
+            hit = torch.where(newly, t, hit)
+            pending = pending & ~newly
+            done = stop_at_tol and not bool(pending.any())
         if t % record_every == 0 or t == steps or done:
+            u, v = w[..., :N], w[..., N:]
             rec_t.append(t)
             rec_u.append(u)
             rec_v.append(v)
@@ -296,10 +317,10 @@ def _loop(A, y, alpha, lr, rho, L, steps, tol, record_every, stop_at_tol):
             rec_hit.append(hit)
         if t == steps or done:
             break
-        if rho is None:                                   # plain GD on (u, v)
-            u, v = u - eta * gu, v - eta * gv
+        if rho is None:                                   # plain GD on w = (u, v)
+            w = w - eta * gw
         else:                                             # GD on the polar coordinates (r, z)
-            u, v = polar_step(u, v, gu, gv, eta, ratio_)
+            w = _polar_step_w(w, gw, eta, ratio_lr)
     return rec_t, rec_u, rec_v, rec_loss, rec_r, rec_drift, rec_hit
 
 
@@ -345,3 +366,36 @@ def final_x(run) -> torch.Tensor:
 def steps_to_tol(run) -> torch.Tensor:
     """[P, K]: the first step at which the loss was ≤ tol (−1 where it never was)."""
     return by_problem(run, "steps_to_tol")[-1]
+
+
+# ----------------------------------------------------------------------------- reading a sweep
+
+
+def crossing_scale(alphas, err, level: float) -> torch.Tensor:
+    """The largest α up to which ``err`` stays ≤ ``level``, interpolated between the grid points.
+
+    alphas: [K] increasing and positive; err: [..., K] (one error curve per leading index). At the first grid
+    point where err exceeds ``level``, log err is interpolated linearly in log α between that point and the one
+    before it, and the α where it equals ``level`` is returned: [...]. NaN where err exceeds ``level`` already at
+    the first α (no scale of the grid is near); +inf where it never does (the crossing lies beyond the grid).
+    """
+    a = torch.as_tensor(alphas, dtype=torch.float64)
+    e = torch.as_tensor(err, dtype=torch.float64)
+    if a.ndim != 1 or a.numel() < 2 or not bool((a > 0).all()) or not bool((a.diff() > 0).all()):
+        raise ValueError(f"alphas must be at least two increasing positive numbers, got {a.tolist()}")
+    if e.shape[-1:] != a.shape:
+        raise ValueError(f"err must end with one value per alpha ({a.numel()}), got shape {tuple(e.shape)}")
+    if not (isinstance(level, (int, float)) and level > 0):
+        raise ValueError(f"level must be a positive number, got {level!r}")
+    if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
+        raise ValueError("err must be finite and non-negative")
+    above = e > level
+    first = above.to(torch.int64).argmax(-1)                       # first index above the level (0 if none)
+    i1 = first.clamp_min(1)
+    le = e.clamp_min(1e-300).log()
+    la = a.log()
+    e0, e1 = le.gather(-1, (i1 - 1).unsqueeze(-1)).squeeze(-1), le.gather(-1, i1.unsqueeze(-1)).squeeze(-1)
+    t = (math.log(level) - e0) / (e1 - e0)
+    out = torch.exp(la[i1 - 1] + t * (la[i1] - la[i1 - 1]))
+    out = torch.where(above.any(-1), out, torch.full_like(out, math.inf))
+    return torch.where(above[..., 0], torch.full_like(out, math.nan), out)

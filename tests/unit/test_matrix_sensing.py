@@ -150,3 +150,106 @@ def test_divergence_names_the_learning_rate():
     P = small_problem(d=4, rank=1, n=20)
     with pytest.raises(nblib.DivergenceError, match="lr"):
         run(P, lr=1.0, noise_std=1.0, steps=200, record_every=10, batch_size=20)
+
+
+# ----------------------------------------------------------------------------- replicates: stacked problems
+
+def test_stacked_problems_are_the_single_problems():
+    own = ms.sensing_problems(5, 2, 30, seeds=[3, 4], dtype=DT)
+    assert own.replicates == 2 and not own.shared_sensing and (own.d, own.n, own.rank) == (5, 30, 2)
+    for r, s in enumerate([3, 4]):
+        single = ms.sensing_problem(5, 2, 30, seed=s, dtype=DT)
+        for f in ("A", "U_star", "X_star", "y", "sym_flat", "metric"):
+            assert torch.equal(getattr(own.replicate(r), f), getattr(single, f))
+    shared = ms.sensing_problems(5, 2, 30, seeds=[3, 4], sensing_seed=9, dtype=DT)
+    assert shared.shared_sensing and shared.A.shape == (30, 5, 5) and shared.y.shape == (2, 30)
+    base = ms.sensing_problem(5, 2, 30, seed=9, dtype=DT)
+    for r, s in enumerate([3, 4]):
+        p = shared.replicate(r)
+        assert torch.equal(p.A, base.A) and torch.equal(p.metric, base.metric)
+        assert torch.equal(p.U_star, ms.sensing_problem(5, 2, 30, seed=s, dtype=DT).U_star)
+        assert torch.allclose(p.y, torch.einsum("nij,ij->n", p.A, p.X_star), rtol=1e-12, atol=1e-12)
+
+
+def test_to_recomputes_the_derived_tensors_exactly():
+    P32 = ms.sensing_problems(4, 1, 20, seeds=[1, 2], sensing_seed=5, dtype=torch.float32)
+    P64 = P32.to(DT)
+    assert P64.y.dtype == DT and torch.equal(P64.y, P32.y.double())
+    sym = (P64.A + P64.A.transpose(1, 2)) / 2
+    assert torch.equal(P64.sym_flat, sym.reshape(20, 16))
+    assert torch.allclose(P64.metric, (4 * sym @ sym).mean(0), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("sensing_seed", [None, 9])
+def test_stacked_measurements_match_each_replicate(sensing_seed):
+    P = ms.sensing_problems(5, 2, 30, seeds=[3, 4, 5], sensing_seed=sensing_seed, dtype=DT)
+    U = random_U(5, C=4 * 3 * 2).reshape(4, 3, 2, 5, 5)            # [T, R, C, d, d]
+    for fn in (ms.train_error, ms.test_error, ms.reg, ms.predictions):
+        stacked = fn(P, U)
+        for r in range(3):
+            assert torch.allclose(stacked[:, r], fn(P.replicate(r), U[:, r]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sensing_seed", [None, 9])
+def test_full_batch_runs_take_the_steps_of_label_noise_sgd(sensing_seed):
+    """Chain c of problem r = chain c of label_noise_sgd on problem r alone with seed seeds[r], across
+    a chunk boundary of the draws, with a noise-off tail and an explicit-flow chain."""
+    P = ms.sensing_problems(5, 2, 30, seeds=[3, 4, 5], sensing_seed=sensing_seed, dtype=DT)
+    U0 = torch.eye(5, dtype=DT)
+    kw = dict(lr=0.01, noise_std=[0.0, 0.5, 0.0], lam=[0.0, 0.0, 0.002], steps=600, record_every=100,
+              noise_off_after=500)
+    runs = ms.full_batch_runs(P, U0, seeds=[7, 8, 9], **kw)
+    assert runs.params["U"].shape == (7, 9, 5, 5) and runs.config["chains_per_problem"] == 3
+    for r, s in enumerate([7, 8, 9]):
+        p = P.replicate(r)
+        alone = nblib.label_noise_sgd(ms.matrix_sensing, {"U": U0}, p.A, p.y, chains=3, batch_size=30,
+                                      seed=s, **kw)
+        block = slice(3 * r, 3 * r + 3)
+        assert torch.equal(runs.steps, alone.steps)
+        assert torch.allclose(runs.params["U"][:, block], alone.params["U"], rtol=1e-12, atol=1e-13)
+        assert torch.allclose(runs.loss[:, block], alone.loss, rtol=1e-10, atol=1e-13)
+        assert torch.allclose(runs.reg[:, block], alone.reg, rtol=1e-12)
+
+
+def test_full_batch_runs_plain_chains_do_not_depend_on_the_seed():
+    P = ms.sensing_problems(4, 1, 20, seeds=[1, 2], sensing_seed=3, dtype=DT)
+    a = ms.full_batch_runs(P, torch.eye(4, dtype=DT), lr=0.01, noise_std=[0.0, 0.5], steps=50,
+                           seeds=[1, 2])
+    b = ms.full_batch_runs(P, torch.eye(4, dtype=DT), lr=0.01, noise_std=[0.0, 0.5], steps=50,
+                           seeds=[5, 6])
+    assert torch.equal(a.params["U"][:, 0::2], b.params["U"][:, 0::2])
+    assert not torch.allclose(a.params["U"][:, 1::2], b.params["U"][:, 1::2])
+
+
+def test_full_batch_runs_bad_input_and_divergence():
+    P = ms.sensing_problems(4, 1, 20, seeds=[1, 2], dtype=DT)
+    U0 = torch.eye(4, dtype=DT)
+    with pytest.raises(ValueError, match="stacked"):
+        ms.full_batch_runs(small_problem(d=4, rank=1, n=20), U0, lr=0.01, noise_std=0.5, steps=5, seeds=[1])
+    with pytest.raises(ValueError, match="seeds"):
+        ms.full_batch_runs(P, U0, lr=0.01, noise_std=0.5, steps=5, seeds=[1])
+    with pytest.raises(ValueError, match="U0"):
+        ms.full_batch_runs(P, torch.eye(3, dtype=DT), lr=0.01, noise_std=0.5, steps=5, seeds=[1, 2])
+    with pytest.raises(ValueError, match="lam"):
+        ms.full_batch_runs(P, U0, lr=0.01, noise_std=[0.5, 0.0], lam=[0.0], steps=5, seeds=[1, 2])
+    with pytest.raises(ValueError, match="replicate"):
+        ms.ou_train_floor(P, U0, lr=0.01, noise_std=1.0)
+    with pytest.raises(ValueError, match="stacked"):
+        small_problem().replicate(0)
+    with pytest.raises(nblib.DivergenceError, match="lr"):
+        ms.full_batch_runs(P, U0, lr=1.0, noise_std=1.0, steps=200, seeds=[1, 2], record_every=10)
+
+
+def test_sensing_metric_cache_never_serves_another_tensor():
+    """A new tensor at a reused address, or an in-place change, gets its own M."""
+    from nblib.models import sensing_metric
+    for k in range(20):
+        A = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        sym = A + A.transpose(-1, -2)
+        assert torch.allclose(sensing_metric(A), (sym @ sym).mean(0))
+        del A, sym
+    A = torch.randn(6, 3, 3, dtype=torch.float64)
+    sensing_metric(A)
+    A.mul_(2.0)
+    sym = A + A.transpose(-1, -2)
+    assert torch.allclose(sensing_metric(A), (sym @ sym).mean(0))

@@ -1,12 +1,13 @@
 """Two-layer logistic/tanh on one point: closed forms against torch.func, the paper's R, the stationarity
-relations at the closed-form optimum, the exact 1-D reduction of a one-point run, clustering, errors."""
+relations at the closed-form optimum, the exact 1-D reduction of a one-point run, clustering, merge heights,
+the rule that continues chains until their count is final, errors."""
 import pytest
 import torch
 
 import nblib
-from nblib.one_point import (ACTIVATIONS, MODELS, along_x, cluster_diameter, count_clusters, init_params,
-                             paper_R, predicted_optimum, reduced_r, stationarity_residual, stationary_h,
-                             unit_pairs)
+from nblib.one_point import (ACTIVATIONS, MODELS, along_x, cluster_diameter, continue_until_final,
+                             count_clusters, init_params, merge_heights, merge_tolerance, paper_R,
+                             predicted_optimum, reduced_r, stationarity_residual, stationary_h, unit_pairs)
 
 DT = torch.float64
 
@@ -124,6 +125,72 @@ def test_count_clusters():
     assert count_clusters(pts, 0.01).tolist() == [4, 1, 4]
     assert count_clusters(pts, 1.0).tolist() == [2, 1, 1]
     assert torch.allclose(cluster_diameter(pts, 0.06), torch.tensor([0.1, 0.0, 0.0], dtype=DT))
+
+
+def test_merge_heights_give_the_count_at_every_tolerance():
+    pts = torch.tensor([[[0.0, 0.0], [0.05, 0.0], [0.1, 0.0], [1.0, 1.0]],
+                        [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+                        [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]], dtype=DT)
+    assert torch.allclose(merge_heights(pts), torch.tensor([[0.05, 0.05, 1.81 ** 0.5], [0.0, 0.0, 0.0],
+                                                            [1.0, 1.0, 1.0]], dtype=DT))
+    assert torch.allclose(merge_tolerance(pts, 2), torch.tensor([0.05, 0.0, 1.0], dtype=DT))
+    assert merge_tolerance(pts, 4).tolist() == [0.0, 0.0, 0.0]
+    g = torch.Generator().manual_seed(7)
+    pts = torch.randn(50, 10, 2, generator=g, dtype=DT)
+    heights = merge_heights(pts)
+    for tol in (0.0, 0.05, 0.2, 0.5, 1.0, 3.0):          # single linkage: count = 1 + heights above tol
+        assert torch.equal(count_clusters(pts, tol), 1 + (heights > tol).sum(-1))
+    for k in (1, 2, 5):
+        t_k = merge_tolerance(pts, k)
+        assert (count_clusters_at(pts, t_k) <= k).all()
+        assert (count_clusters_at(pts, t_k * (1 - 1e-9)) > k).all()
+    assert merge_heights(torch.zeros(3, 1, 2, dtype=DT)).shape == (3, 0)
+
+
+def count_clusters_at(pts, tols):
+    return torch.stack([count_clusters(pts[c:c + 1], float(t))[0] for c, t in enumerate(tols)])
+
+
+def _toy(stuck):
+    """Chains of 6 units: three at one point and three at another, plus a third group of two units whose
+    offset from the second shrinks like 1/t (or stays, where stuck)."""
+    C = len(stuck)
+    base = torch.zeros(C, 6, 2, dtype=DT)
+    base[:, 3:, 0] = 1.0
+    off = torch.zeros(C, 6, 2, dtype=DT)
+    off[:, 4:, 1] = 1.0
+    return {"base": base, "off": off, "t": torch.ones(C, dtype=DT), "stuck": torch.tensor(stuck, dtype=DT)}
+
+
+def _measure(p):
+    shrink = torch.where(p["stuck"] > 0, torch.ones_like(p["t"]), p["t"])
+    pts = p["base"] + 0.1 * p["off"] / shrink[:, None, None]
+    return {"c": pts[..., 0], "h": pts[..., 1], "clusters": count_clusters(pts, 0.03)}
+
+
+def test_continue_until_final_doubles_until_merged_or_settled():
+    calls = []
+
+    def run(sub, idx, n):
+        calls.append((idx.tolist(), n))
+        return {**sub, "t": sub["t"] + n / 100}                # t = total steps / 100
+
+    p = _toy([0, 1, 0])
+    p["off"][0] = 0.0                                           # chain 0: two pairs from the start
+    params, meas, report = continue_until_final(p, _measure, run, steps=100, tol=0.03, k=2, rounds=4)
+    assert report["chains"] == [1, 2] and report["open"] == []
+    assert calls == [([1, 2], 100), ([2], 200)]                 # chain 1 settles after one doubling
+    assert meas["clusters"].tolist() == [2, 3, 2]               # chain 1: a settled third pair, reported
+    assert report["steps"] == {1: 200, 2: 400}                  # chain 2 merges after two doublings
+    assert report["tau_k"][2] == pytest.approx([0.1, 0.05, 0.025])
+    assert report["tau_k"][1] == pytest.approx([0.1, 0.1])
+    assert float(params["t"][2]) == pytest.approx(4.0) and float(params["t"][0]) == 1.0
+    _, meas, report = continue_until_final(_toy([0]), _measure, run, steps=100, tol=0.03, k=2, rounds=1)
+    assert report["open"] == [0] and meas["clusters"].tolist() == [3]   # out of rounds: left open
+    with pytest.raises(ValueError, match="settled"):
+        continue_until_final(p, _measure, run, steps=100, tol=0.03, settled=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        continue_until_final(p, _measure, run, steps=0, tol=0.03)
 
 
 def test_bad_input_raises():

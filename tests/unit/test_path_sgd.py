@@ -1,6 +1,7 @@
 """Path-norm, κ and Path-SGD against brute-force sums over paths; rescaling invariance and equivariance;
 the one training loop (its Trajectory, its loss hook, the width bank against separate training,
-divergence); clear errors."""
+divergence); the network stack (each of its SGD, AdaGrad and Path-SGD networks against ``train`` alone, and
+a diverging network dropped); clear errors."""
 import copy
 
 import pytest
@@ -12,6 +13,8 @@ from nblib.path_sgd import (PathSGD, WidthBank, corrupt_labels, digits_split, er
                             linear_layers, network_norms, path_kappa, path_norm, random_rescaling_factors,
                             rescale_hidden_units, summed_cross_entropy, train, train_in_lockstep,
                             unbalance, weight_decay_norm)
+from nblib.path_sgd import (NetStack, StackOptimizer, stack_kappa, stack_outputs, stack_path_norm,
+                            train_stack)
 
 DT = torch.float64
 
@@ -292,3 +295,125 @@ def test_divergence_raises_divergence_error_naming_lr(bank):
            else layered_relu_mlp([64, 16, 10], dtype=torch.float32))
     with pytest.raises(DivergenceError, match=r"Lower the step size lr \(now 1e\+20\)"):
         train(net, torch.optim.SGD(net.parameters(), lr=1e20), X, y, epochs=3, batch_size=50)
+
+
+# ----------------------------------------------------------------------------- many networks as one stack
+
+
+def _replicates(R=2, n=60, m=30, seed=0):
+    """R small digits data sets (train [R, n, 64], held-out [R, m, 64]) and their labels."""
+    parts = [digits_split([n, m], seed=seed + r, dtype=DT) for r in range(R)]
+    X, y = torch.stack([p[0][0] for p in parts]), torch.stack([p[0][1] for p in parts])
+    Xe, ye = torch.stack([p[1][0] for p in parts]), torch.stack([p[1][1] for p in parts])
+    return X, y, Xe, ye
+
+
+def test_stack_computes_each_network_and_its_kappa_and_path_norm():
+    nets = [tiny_net((3, 4, 2, 2), seed=s) for s in range(3)]
+    stack = NetStack(nets)
+    assert len(stack) == 3 and stack.sizes == [3, 4, 2, 2]
+    x = torch.randn(5, 3, dtype=DT)
+    out = stack(x)
+    per = stack(torch.stack([x, 2 * x, -x]))
+    kappa = stack_kappa(stack)
+    for k, net in enumerate(nets):
+        torch.testing.assert_close(out[k], net(x), rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(per[k], net([x, 2 * x, -x][k]), rtol=1e-13, atol=1e-14)
+        for p, q in zip(stack.network(k).parameters(), net.parameters()):
+            assert torch.equal(p, q)
+        ref = path_kappa(net)
+        for P, lin in zip(stack.weights, linear_layers(net)):
+            torch.testing.assert_close(kappa[P][k], ref[lin.weight], rtol=1e-12, atol=0)
+        for P, lin in zip(stack.biases, linear_layers(net)):
+            torch.testing.assert_close(kappa[P][k], ref[lin.bias], rtol=1e-12, atol=0)
+        assert float(stack_path_norm(stack)[k]) == pytest.approx(float(path_norm(net)), rel=1e-12)
+    sub = stack.subset([2, 0])
+    assert len(sub) == 2 and torch.equal(sub(x)[0], out[2]) and torch.equal(sub(x)[1], out[0])
+    per_rep = stack_outputs(stack, [1, 0, 1], torch.stack([x, 3 * x]))       # replicate inputs
+    for k, r in enumerate([1, 0, 1]):
+        torch.testing.assert_close(per_rep[k], nets[k]([x, 3 * x][r]), rtol=1e-13, atol=1e-14)
+    single = stack.to(torch.float32)(x.float())
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single, out.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_train_stack_trains_each_network_exactly_as_train_does_alone():
+    """SGD, AdaGrad and Path-SGD networks on two replicates, trained as one stack, follow the runs of
+    ``train`` with torch.optim.SGD, torch.optim.Adagrad and PathSGD alone on the same minibatches."""
+    X, y, Xe, ye = _replicates()
+    specs = [("SGD", 0.3, 0), ("SGD", 0.05, 1), ("AdaGrad", 0.02, 0), ("AdaGrad", 0.05, 1),
+             ("Path-SGD", 0.1, 1), ("Path-SGD", 0.3, 0)]
+    nets = [unbalance(layered_relu_mlp([64, 6, 5, 10], seed=k), 0.5, seed=k) for k in range(len(specs))]
+    stack = NetStack(nets)
+    opt = StackOptimizer(stack, [m for m, _, _ in specs], [lr for _, lr, _ in specs])
+    seeds = [7, 8]
+    run = train_stack(stack, opt, X, y, replicate=[r for *_, r in specs], seeds=seeds, epochs=4,
+                      batch_size=16, evals={"val": (Xe, ye)}, record_every=2)
+    assert run.steps.tolist() == [0, 2, 4] and run.loss.shape == (3, 6)
+    assert set(run.metrics) == {"train_err", "val_loss", "val_err"}
+    assert run.config["diverged"] == [False] * 6 and run.config["lrs"] == [lr for _, lr, _ in specs]
+    make = {"SGD": lambda m, lr: torch.optim.SGD(m.parameters(), lr=lr),
+            "AdaGrad": lambda m, lr: torch.optim.Adagrad(m.parameters(), lr=lr),
+            "Path-SGD": lambda m, lr: PathSGD(m, lr=lr)}
+    for k, ((method, lr, r), net) in enumerate(zip(specs, nets)):
+        one = train(net, make[method](net, lr), X[r], y[r], epochs=4, batch_size=16, seed=seeds[r],
+                    evals={"val": (Xe[r], ye[r])}, record_every=2)
+        for p, q in zip(stack.network(k).parameters(), net.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(run.loss[:, k], one.loss[:, 0], rtol=1e-9, atol=0)
+        for name in ("train_err", "val_loss", "val_err"):
+            torch.testing.assert_close(run.metrics[name][:, k], one.metrics[name][:, 0], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("with_callback", [False, True])
+def test_train_stack_drops_a_diverging_network_and_trains_the_others_on(with_callback):
+    X, y, _, _ = _replicates(R=1)
+    nets = [layered_relu_mlp([64, 8, 10], seed=k) for k in range(3)]
+    steps = []
+
+    def fit(lrs, keep):
+        stack = NetStack([nets[k] for k in keep])
+        opt = StackOptimizer(stack, ["SGD"] * len(keep), lrs)
+        cb = (lambda t, s: steps.append(t)) if with_callback else None
+        return stack, train_stack(stack, opt, X, y, replicate=[0] * len(keep), seeds=[3], epochs=3,
+                                  batch_size=20, callback=cb)
+
+    stack, run = fit([0.1, 1e30, 0.2], [0, 1, 2])
+    assert run.config["diverged"] == [False, True, False] and run.config["diverged_at"][1] == 1
+    assert torch.isnan(run.loss[1:, 1]).all() and torch.isfinite(run.loss[:, [0, 2]]).all()
+    assert all(float(p.detach()[1].abs().max()) == 0 for p in stack.parameters())
+    alone, ref = fit([0.1, 0.2], [0, 2])
+    torch.testing.assert_close(run.loss[:, [0, 2]], ref.loss, rtol=1e-12, atol=0)
+    for P, Q in zip(stack.parameters(), alone.parameters()):
+        torch.testing.assert_close(P[[0, 2]], Q, rtol=1e-12, atol=1e-14)
+    if with_callback:
+        assert steps[:9] == list(range(1, 10)) and len(steps) == 18
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: NetStack([]),
+    lambda: NetStack([layered_relu_mlp([2, 3, 1]), layered_relu_mlp([2, 4, 1])]),
+    lambda: NetStack([layered_relu_mlp([2, 3, 1], bias=False)]),
+    lambda: NetStack([layered_relu_mlp([2, 3, 1])]).network(1),
+    lambda: StackOptimizer(NetStack([layered_relu_mlp([2, 3, 1])]), ["Adam"], [0.1]),
+    lambda: StackOptimizer(NetStack([layered_relu_mlp([2, 3, 1])]), ["SGD"], [0.1, 0.2]),
+    lambda: StackOptimizer(NetStack([layered_relu_mlp([2, 3, 1])]), ["SGD"], [-0.1]),
+])
+def test_stack_bad_input_raises_value_error(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_train_stack_bad_input_raises_value_error():
+    X, y, _, _ = _replicates(R=1)
+    stack = NetStack([layered_relu_mlp([64, 4, 10])])
+    opt = StackOptimizer(stack, ["SGD"], [0.1])
+    ok = dict(replicate=[0], seeds=[0], epochs=1, batch_size=10)
+    for change in (dict(replicate=[1]), dict(seeds=[0, 1]), dict(epochs=0), dict(batch_size=0)):
+        with pytest.raises(ValueError):
+            train_stack(stack, opt, X, y, **{**ok, **change})
+    with pytest.raises(ValueError):
+        train_stack(stack, opt, X[0], y[0], **ok)
+    other = NetStack([layered_relu_mlp([64, 4, 10])])
+    with pytest.raises(ValueError):
+        train_stack(other, opt, X, y, **ok)

@@ -123,6 +123,64 @@ def test_projection_interpolates_and_leaves_interpolants_alone():
     assert torch.equal(outer["a"], P["a"]) and torch.equal(outer["b"], P["b"])
 
 
+def test_curve_length_and_line_deviation_are_exact_for_a_piecewise_linear_fit():
+    P = {k: v for k, v in stacked(width=30, chains=3, seed=5).items()}
+    X, y = data()
+    x = torch.linspace(-1.0, 1.0, 200_001, dtype=DT)
+    f = R.evaluate(P, x)
+    fine = torch.sqrt(x.diff() ** 2 + f.diff(dim=1) ** 2).sum(1)
+    exact = R.curve_length(P, -1.0, 1.0)                 # a grid's chords only cut corners
+    assert bool((exact >= fine).all()) and torch.allclose(exact, fine, atol=1e-4)
+    xr = torch.linspace(float(X[0]), float(X[3]), 200_001, dtype=DT)
+    line = y[0] + (y[3] - y[0]) / (X[3] - X[0]) * (xr - X[0])
+    grid_dev = (R.evaluate(P, xr) - line).abs().max(1).values
+    dev = R.line_deviation(P, X, y, (0, 3))
+    assert bool((dev >= grid_dev - 1e-12).all()) and torch.allclose(dev, grid_dev, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- replicates and the floor
+
+def test_init_replicates_draws_each_seed_from_its_named_stream():
+    P = R.init_replicates(6, 2, [7, 8], scale_ab=1.0, scale_c=0.5, dtype=DT)
+    assert P["a"].shape == (4, 6) and P["a0"].shape == (4,)
+    for i, s in enumerate([7, 8]):
+        Q = R.init_chains(6, 2, scale_ab=1.0, scale_c=0.5, seed=nblib.substream(s, "init"), dtype=DT)
+        for k in Q:
+            assert torch.equal(P[k][2 * i:2 * i + 2], Q[k]), k
+    with pytest.raises(ValueError, match="non-empty"):
+        R.init_replicates(6, 2, [], scale_ab=1.0, scale_c=1.0)
+
+
+def test_gram_eigenvalues_sum_to_n_reg():
+    P, (X, _) = stacked(width=11, chains=4, seed=2), data()
+    ev = R.gram_eigenvalues(P, X)
+    reg = nblib.implicit_regularizer(two_layer_relu, P, X, stacked=True)
+    assert bool((ev >= -1e-9).all())
+    assert torch.allclose(ev.sum(1), len(X) * reg, rtol=1e-10)
+
+
+def test_label_noise_floor_first_order_and_a_linear_simulation():
+    X, y = data()
+    P = stacked(width=20, chains=1, seed=6)
+    small = R.label_noise_floor(P, X, lr=1e-6, noise_std=0.3, batch_size=12)
+    reg = nblib.implicit_regularizer(two_layer_relu, P, X, stacked=True)
+    assert torch.allclose(small, nblib.implicit_lambda(1e-6, 0.3, 12) * reg, rtol=1e-5)
+    # outer layer only: the model is linear in what trains, so the AR(1) picture is exact
+    lr, sigma, chains = 0.02, 0.2, 64
+    P = {k: v.expand(chains, *v.shape[1:]).clone() for k, v in P.items()}
+    P = R.project_to_interpolant(P, X, y, inner_trainable=0.0)
+    pred = R.label_noise_floor(P, X, lr=lr, noise_std=sigma, batch_size=12, inner_trainable=0.0)
+    tr = nblib.label_noise_sgd(two_layer_relu, P, X, y, lr=lr, noise_std=sigma, steps=3000,
+                               batch_size=12, stacked=True, record_every=20, seed=3,
+                               record_reg=False, trainable=R.inner_frozen(0.0, chains, DT))
+    measured = tr.loss[len(tr.steps) // 3:].mean()
+    assert float(measured / pred[0]) == pytest.approx(1.0, abs=0.08)
+    with pytest.raises(ValueError, match="unstable"):
+        R.label_noise_floor(P, X, lr=100.0, noise_std=sigma, batch_size=12)
+    with pytest.raises(ValueError, match="full-batch"):
+        R.label_noise_floor(P, X, lr=lr, noise_std=sigma, batch_size=1)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_errors_are_value_errors_that_say_what_is_wrong():

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from nblib import DivergenceError, Trajectory
-from nblib.weight_norm import (basis_pursuit, by_problem, critical_alpha, diagonal_net, effective_scale, final_x,
-                               gd, min_l2_interpolant, polar_step, radius, relative_error, safe_lr,
-                               sparse_recovery_problem, steps_to_tol, wn_gd, wn_invariant)
+from nblib.weight_norm import (basis_pursuit, by_problem, critical_alpha, crossing_scale, diagonal_net,
+                               effective_scale, final_x, gd, min_l2_interpolant, polar_step, radius,
+                               relative_error, safe_lr, sparse_recovery_problem, steps_to_tol, wn_gd,
+                               wn_invariant)
 
 DT = torch.float64
 
@@ -163,3 +164,71 @@ def test_errors_are_clear():
         gd(A, y, alpha=1.0, lr=50.0, steps=200)
     with pytest.raises(DivergenceError, match="lower lr"):
         wn_gd(A, y, alpha=1.0, lr=50.0, ratio=2.0, steps=200)
+
+
+def _reference_run(A, y, alpha, lr, ratio, depth, steps):
+    """GD (ratio None) or WN-GD written out step by step for one problem and one setting, u and v apart."""
+    N = A.shape[1]
+    u = torch.full((N,), alpha, dtype=DT)
+    v = u.clone()
+    for _ in range(steps):
+        g = A.T @ (A @ (u ** depth - v ** depth) - y)
+        gu, gv = depth * u ** (depth - 1) * g, -depth * v ** (depth - 1) * g
+        if ratio is None:
+            u, v = u - lr * gu, v - lr * gv
+            continue
+        r = torch.sqrt((u ** 2).sum() + (v ** 2).sum())
+        zu, zv = u / r, v / r
+        dLdr = (zu * gu).sum() + (zv * gv).sum()
+        eta_z = ratio * lr / r ** 2                                  # step on z, whose gradient is r ∇_w L
+        zu, zv = zu - eta_z * r * (gu - dLdr * zu), zv - eta_z * r * (gv - dLdr * zv)
+        nz = torch.sqrt((zu ** 2).sum() + (zv ** 2).sum())
+        r = r - lr * dLdr
+        u, v = r * zu / nz, r * zv / nz
+    return u ** depth - v ** depth
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_batched_runs_match_a_step_by_step_reference(depth):
+    A, x, y = problem(P=2)
+    alphas = torch.tensor([0.1, 0.3], dtype=DT)
+    lr = 0.3 * safe_lr(A, x, alphas, depth)
+    for ratio in (None, 4.0):
+        kw = dict(alpha=alphas, depth=depth, lr=lr, steps=300, stop_at_tol=False)
+        run = gd(A, y, **kw) if ratio is None else wn_gd(A, y, ratio=ratio, **kw)
+        for p in range(2):
+            for k in range(2):
+                ref = _reference_run(A[p], y[p], float(alphas[k]), lr[p, k], ratio, depth, 300)
+                assert torch.allclose(final_x(run)[p, k], ref, rtol=1e-9, atol=1e-12), (ratio, p, k)
+
+
+def test_crossing_scale_interpolates_log_error_in_log_alpha():
+    alphas = torch.tensor([0.01, 0.03, 0.1, 0.3, 1.0], dtype=DT)
+    err = 0.5 * alphas ** 2                                    # a power law: the interpolation is exact
+    assert torch.allclose(crossing_scale(alphas, err, 0.02), torch.tensor(0.2, dtype=DT))
+    # a crossing between grid points is not snapped to either of them
+    two = torch.stack([err, 2 * err])
+    out = crossing_scale(alphas, two, 0.02)
+    assert out.shape == (2,)
+    assert torch.allclose(out, torch.tensor([0.2, 0.2 / 2 ** 0.5], dtype=DT))
+    # linear in log-log between the bracketing points only: a jump beyond them does not matter
+    kink = torch.tensor([1e-4, 1e-3, 1e-1, 0.9, 0.9], dtype=DT)
+    assert torch.allclose(crossing_scale(alphas, kink, 1e-2), torch.tensor(0.03 * (10 / 3) ** 0.5, dtype=DT))
+    # the first crossing counts, and err at the level is still "near"
+    back = torch.tensor([1e-3, 0.2, 1e-3, 0.2, 0.2], dtype=DT)
+    assert float(crossing_scale(alphas, back, 0.05)) < 0.03
+    assert float(crossing_scale(alphas, torch.full((5,), 0.05, dtype=DT), 0.05)) == float("inf")
+
+
+def test_crossing_scale_edges_and_errors():
+    alphas = torch.tensor([0.1, 1.0], dtype=DT)
+    assert torch.isnan(crossing_scale(alphas, torch.tensor([0.5, 0.6], dtype=DT), 0.1))
+    assert torch.isinf(crossing_scale(alphas, torch.tensor([0.0, 0.01], dtype=DT), 0.1))
+    with pytest.raises(ValueError, match="increasing"):
+        crossing_scale(torch.tensor([1.0, 0.1]), torch.tensor([0.0, 1.0]), 0.5)
+    with pytest.raises(ValueError, match="one value per alpha"):
+        crossing_scale(alphas, torch.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="level"):
+        crossing_scale(alphas, torch.zeros(2), 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        crossing_scale(alphas, torch.tensor([0.0, float("nan")]), 0.5)
