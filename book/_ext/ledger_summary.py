@@ -89,6 +89,53 @@ def _cell(content) -> nodes.entry:
     return entry
 
 
+def short_title(env, doc: str, records: dict[str, dict]) -> str:
+    """The chapter's title up to its colon ("Matrix sensing: label noise ..." -> "Matrix sensing")."""
+    title = env.titles[doc].astext() if doc in env.titles else records[doc]["chapter"]
+    return title.split(":", 1)[0].strip()
+
+
+def _table(classes, widths, header, rows) -> nodes.table:
+    table = nodes.table(classes=classes)
+    group = nodes.tgroup(cols=len(widths))
+    table += group
+    for width in widths:
+        group += nodes.colspec(colwidth=width)
+    head, hrow = nodes.thead(), nodes.row()
+    for title in header:
+        hrow += _cell(title)
+    head += hrow
+    group += head
+    body = nodes.tbody()
+    for cells in rows:
+        row = nodes.row()
+        for content in cells:
+            row += _cell(content)
+        body += row
+    group += body
+    return table
+
+
+def chapter_table(app, fromdoc: str, order: list[str], records: dict[str, dict]) -> nodes.table:
+    """One row per chapter: how many claims, by status, and how many gates hold."""
+    env = app.builder.env
+    rows = []
+    for doc in order:
+        recs = records[doc]["rows"]
+        counts = Counter(r["status"] for r in recs)
+        link = nodes.paragraph()
+        anchor = claims_anchor(env, doc)
+        uri = app.builder.get_relative_uri(fromdoc, doc) + (f"#{anchor}" if anchor else "")
+        link += nodes.reference("", short_title(env, doc, records), internal=True, refuri=uri)
+        seeds = records[doc]["seeds"]
+        rows.append([link, len(recs), counts.get("reproduced", 0), counts.get("not reproduced", 0),
+                     counts.get("own", 0), f"{sum(r['holds'] for r in recs)}/{len(recs)}",
+                     len(seeds) if seeds else "—"])
+    return _table(["ledger-chapters"], (26, 8, 10, 12, 8, 10, 10),
+                  ("Chapter", "Claims", "Reproduced", "Not reproduced", "Own", "Gates hold", "Replicates"),
+                  rows)
+
+
 def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]:
     env = app.builder.env
     order = [d for d in toc_order(env) if d in records]
@@ -109,6 +156,8 @@ def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]
         f"(seed offset {', '.join(map(str, offsets))}; "
         f"{max((len(s) for s in seeds), default=0)} replicates per chapter at most)."))
 
+    by_chapter = chapter_table(app, fromdoc, order, records)
+
     table = nodes.table(classes=["ledger-summary"])
     group = nodes.tgroup(cols=6)
     table += group
@@ -124,7 +173,7 @@ def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]
     for doc, r in rows:
         uri = app.builder.get_relative_uri(fromdoc, doc)
         anchor = claims_anchor(env, doc)
-        title = env.titles[doc].astext() if doc in env.titles else records[doc]["chapter"]
+        title = short_title(env, doc, records)
         link = nodes.paragraph()
         link += nodes.reference("", title, internal=True, refuri=uri + (f"#{anchor}" if anchor else ""))
         claim = nodes.paragraph(text=r["claim"])
@@ -137,7 +186,20 @@ def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]
             row += _cell(content)
         body += row
     group += body
-    return [intro, summary, table]
+    missing = nodes.bullet_list(classes=["ledger-not-reproduced"])
+    for doc, r in rows:
+        if r["status"] == "not reproduced":
+            item, para = nodes.list_item(), nodes.paragraph()
+            anchor = claims_anchor(env, doc)
+            uri = app.builder.get_relative_uri(fromdoc, doc) + (f"#{anchor}" if anchor else "")
+            para += nodes.reference("", short_title(env, doc, records), internal=True, refuri=uri)
+            para += nodes.Text(f": {r['claim']} ({r['paper']})")
+            item += para
+            missing += item
+    out = [intro, summary, by_chapter]
+    if len(missing):
+        out += [nodes.paragraph(text="What does not reproduce at this book's scale:"), missing]
+    return out + [nodes.paragraph(text="Every claim, in the order of the chapters:"), table]
 
 
 def fill_summaries(app, doctree, docname):

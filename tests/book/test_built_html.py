@@ -96,6 +96,11 @@ def test_the_claims_page_lists_every_claim_with_its_status_and_a_working_link():
         target, _, anchor = urljoin(f"{CLAIMS_PAGE}.html", href).partition("#")
         assert target == f"{doc}.html", f"{r['key']} links to {href}"
         assert anchor and soup(doc).find(id=anchor) is not None, f"{r['key']}: no #{anchor} on {doc}"
+    not_reproduced = [r["claim"] for _, r in expected if r["status"] == "not reproduced"]
+    listed = [li.get_text(" ", strip=True) for li in page.select("ul.ledger-not-reproduced li")]
+    assert len(listed) == len(not_reproduced) and all(c in t for c, t in zip(not_reproduced, listed))
+    chapters_table = page.select("table.ledger-chapters tbody tr")
+    assert len(chapters_table) == len(records), "one row per chapter in the overview table"
     counts = [li.get_text(" ", strip=True) for li in page.select("ul.ledger-counts li")]
     for status, label in (("reproduced", "reproduced"), ("not reproduced", "not reproduced at this scale"),
                           ("own", "the book's own claims")):
