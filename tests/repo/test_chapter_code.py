@@ -100,3 +100,18 @@ def test_ruff_findings_are_reported_at_the_md_lines(tmp_path):
     findings = chapter_code.lint([md], ruff, work)
     # the magic and the output-hiding ';' are fine; the unused imports are found at their .md lines
     assert [f.split(":", 1)[1].split(" ")[:2] for f in findings] == [["13:8:", "F401"], ["26:8:", "F401"]], findings
+
+
+@pytest.mark.parametrize("doc", CHAPTERS)
+def test_code_cell_metadata_fits_the_line_length(doc):
+    """The YAML header of a code cell (tags, figure alt text) is shown in the source views and the
+    .md download, so it keeps the same 88 columns as the code."""
+    too_long, inside = [], False
+    for number, line in enumerate((ROOT / f"{doc}.md").read_text().splitlines(), 1):
+        if line.startswith("```{code-cell}"):
+            inside = True
+        elif inside and line.startswith("```"):
+            inside = False
+        elif inside and width(line) > LINE_LENGTH:
+            too_long.append(f"{doc}.md:{number}: {width(line)} > {LINE_LENGTH} columns")
+    assert not too_long, f"{len(too_long)} code-cell line(s) longer than {LINE_LENGTH}:\n" + "\n".join(too_long)
