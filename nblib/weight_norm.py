@@ -1,49 +1,60 @@
-"""Sparse recovery with a diagonal linear network: plain GD against weight-normalized GD (Chou, Rauhut, Ward).
+"""Sparse recovery with a diagonal linear network: GD, weight-normalized GD and a radius-preconditioned GD.
 
-    y = A x*,  A ∈ R^{M×N},  x* s-sparse,  L(x) = ½‖Ax − y‖²,  x = u^{⊙L} − v^{⊙L},  u₀ = v₀ = α·1.
+    y = A x*,  A ∈ R^{M×N},  x* s-sparse,  L(x) = ½‖Ax − y‖²,  x = u^{⊙L} − v^{⊙L},  u₀ = v₀ = α·1,
+    trained on w = (u, v) ∈ R^{2N}.
 
-Plain GD on w = (u, v):   w ← w − η ∇_w L.
-Weight-normalized GD (WN-GD) on the polar coordinates w = r·z, ‖z‖ = 1:
+Three updates (method names as in ``Trajectory.config["method"]``):
 
-    r ← r − η_r ∂L/∂r,           ∂L/∂r = ⟨z, ∇_w L⟩
-    z ← normalize(z − η_z P_z ∇_z L),   ∇_z L = r ∇_w L,   P_z = I − z zᵀ
-    η_z = ρ η_r / r²                     (ρ: the learning-rate ratio; ρ = 1 is plain GD to first order in η)
+    gd   plain GD               w ← w − η ∇_w L
+    wn   weight normalization   w = g·q/‖q‖ (Salimans & Kingma 2016), g₀ = ‖w₀‖, q₀ = w₀, constant steps
+                                g ← g − η ⟨s, ∇_w L⟩,  q ← q − λη (g/‖q‖)(I − ssᵀ)∇_w L,  s = q/‖q‖;
+                                λ = η_q/η_g the learning-rate ratio; granularity "joint" (one (g, q) for
+                                w = (u, v)) or "separate" (one for u, one for v)
+    rp   radius-preconditioned  w = r z: r ← r − η ⟨z, ∇_w L⟩, z ← normalize(z − (ρη/r²) P_z ∇_z L)
 
-The flow conserves, coordinate by coordinate, a_i(w)·r^{ρ−1} where a_i is the *effective scale*
+As flows all three read ẇ = −η_t ∇L − (η_r − η_t) s sᵀ∇L (s = w/‖w‖) with a radial rate η_r and a
+tangential rate η_t: gd η_t = η_r = η; rp η_r = η, η_t = ρη; wn (joint; ‖q‖ = r₀ is conserved) η_r = η,
+η_t = λη r²/r₀². Along such a flow log a_i − ∫ (1 − η_t/η_r) d log r is constant, where a_i is the
+*effective scale*
 
     L = 2:  a_i = √(u_i v_i)            L > 2:  a_i = ((u_i^{2−L} + v_i^{2−L})/2)^{1/(2−L)}
 
-(a_i = α at the start). So a growing radius shrinks the effective initialization by (r₀/r)^{ρ−1}.
-This is the book's reconstruction of "gradient descent on polar coordinates" (the paper's abstract), not the
-paper's stated algorithm.
+(a_i = α at the start); the conserved quantities are a_i (gd), a_i r^{ρ−1} (rp) and a_i e^{λr²/(2r₀²)}/r
+(wn). ``log_invariant`` computes them and ``implied_scale`` the effective scale they imply. The rp update is
+this book's own variant, kept beside standard weight normalization for comparison.
 
 Every run is batched: P problems (A: [P, M, N], y: [P, M]; seeds, sparsities) times K runs on each (α's,
 step sizes, ratios: [K] or [P, K]) advance as one tensor computation, x: [P, K, N], so that each step is
-one batched matrix product x Aᵀ per problem. ``gd`` and ``wn_gd`` return a ``Trajectory`` whose
+one batched matrix product x Aᵀ per problem. ``gd``, ``wn_gd`` and ``rp_gd`` return a ``Trajectory`` whose
 C = P·K chains are the (problem, setting) pairs, flattened problem-major (c = p·K + k), recorded at
 t = 0, record_every, 2·record_every, ... and the last step:
 
     params   {"u": [T, C, N], "v": [T, C, N]}   (the final x is u^{⊙L} − v^{⊙L} of the last record)
     loss     [T, C]  ½‖Ax − y‖²
     metrics  {"radius": [T, C] r = ‖(u, v)‖,
-              "drift": [T, C] max_i |I_i(t)/I_i(0) − 1| of the invariant I = a·r^{ρ−1} (ρ = 1 for GD),
-              "steps_to_tol": [T, C] (int64) the first step with loss ≤ tol so far (−1: not yet)}
-    config   {"method": "gd" | "wn_gd", "depth", "problems": P, "runs": K, "alpha": [C], "lr": [C],
-              "ratio": [C] or None, "tol", "steps"}
+              "drift": [T, C] max_i |ln I_i(t) − ln I_i(0)| of the method's invariant (NaN: wn, "separate"),
+              "steps_to_tol": [T, C] (int64) the first step with loss ≤ tol so far (−1: not yet),
+              "diverged": [T, C] (bool, on_divergence="mark"), "direction_norm": [T, C] ‖q‖/‖q₀‖ (wn; 1 else),
+              with x_star: "error" [T, C] ‖x − x*‖/‖x*‖ and "steps_to_err" [T, C] the first step ≤ err_tol}
+    config   {"method", "depth", "problems": P, "runs": K, "alpha": [C], "lr": [C], "ratio": [C] or None,
+              "granularity", "tol", "err_tol", "steps", "steps_run", "seconds" (wall time of the loop)}
 
 ``final_x`` [P, K, N], ``by_problem`` [T, P, K] and ``steps_to_tol`` [P, K] give them back per problem;
 ``crossing_scale`` reads off a sweep the largest α at which an error stays below a level, interpolated
-between the grid points.
+between the grid points; ``loss_rate`` fits the linear rate of a loss curve.
 """
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 
 from .runtime import cpu_settings
 from .trajectory import HUGE, DivergenceError, Trajectory
+
+METHODS = ("gd", "wn", "rp")
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -167,16 +178,57 @@ def radius(u, v) -> torch.Tensor:
     return torch.sqrt((u ** 2).sum(-1) + (v ** 2).sum(-1))
 
 
-def wn_invariant(u, v, depth: int, ratio) -> torch.Tensor:
-    """I_i = a_i · r^{ρ−1}: conserved by the WN flow (ρ = 1: a_i itself, conserved by plain gradient flow).
-    u, v: [..., N]; ratio: a number or [...]; returns [..., N]."""
-    rho = torch.as_tensor(ratio, dtype=u.dtype)
-    return effective_scale(u, v, depth) * (radius(u, v) ** (rho - 1)).unsqueeze(-1)
+def _method(method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def _last_axis(value, dtype):
+    """A number or a [...] tensor, broadcastable against [..., N]."""
+    t = torch.as_tensor(value, dtype=dtype)
+    return t.unsqueeze(-1) if t.ndim else t
+
+
+def log_invariant(u, v, depth: int, method: str, *, ratio=None, r0=None) -> torch.Tensor:
+    """log I_i of the quantity the method's gradient flow conserves, coordinate by coordinate: [..., N].
+
+        gd:  log a_i                                  (I = a_i)
+        rp:  log a_i + (ρ − 1) log r                  (I = a_i r^{ρ−1}, ratio = ρ)
+        wn:  log a_i − log r + λ r² / (2 r₀²)         (I = a_i e^{λr²/2r₀²}/r, ratio = λ, r0 = ‖w₀‖)
+
+    (wn: one (g, q) for the whole of w = (u, v)). ratio and r0: numbers or [...]."""
+    _method(method)
+    la = effective_scale(u, v, depth).log()
+    if method == "gd":
+        return la
+    if ratio is None or (method == "wn" and r0 is None):
+        raise ValueError(f"the {method} invariant needs ratio" + (" and r0" if method == "wn" else ""))
+    lam = _last_axis(ratio, u.dtype)
+    r = radius(u, v).unsqueeze(-1)
+    if method == "rp":
+        return la + (lam - 1) * r.log()
+    return la - r.log() + lam * r ** 2 / (2 * _last_axis(r0, u.dtype) ** 2)
+
+
+def implied_scale(alpha, r, method: str, *, ratio=None, r0=None) -> torch.Tensor:
+    """The effective scale a(t) the invariant implies from a(0) = α, radius r₀ → r (elementwise):
+
+        gd: α;   rp: α (r₀/r)^{ρ−1};   wn: α (r/r₀) exp(−λ (r² − r₀²) / (2 r₀²))."""
+    _method(method)
+    alpha, r = torch.as_tensor(alpha, dtype=torch.float64), torch.as_tensor(r, dtype=torch.float64)
+    if method == "gd":
+        return alpha * torch.ones_like(r)
+    r0 = torch.as_tensor(r0, dtype=torch.float64)
+    if method == "rp":
+        return alpha * (r0 / r) ** (ratio - 1)
+    return alpha * (r / r0) * torch.exp(-ratio * (r ** 2 - r0 ** 2) / (2 * r0 ** 2))
 
 
 def critical_alpha(x, N: int, depth: int) -> torch.Tensor:
-    """α_c = √(Σ_i |x_i|^{2/L} / (2N)): below it the radius must grow (‖w₀‖² = 2Nα² < ‖w_∞‖²) and WN shrinks the
-    effective scale by (r₀/r_∞)^{ρ−1}; above it the radius shrinks and WN *enlarges* it."""
+    """α_c = √(Σ_i |x_i|^{2/L} / (2N)): below it the radius must grow on the way to an interpolant with small
+    products (‖w₀‖² = 2Nα² < ‖w_∞‖² ≈ Σ_i |x_i|^{2/L}), and the WN and rp invariants shrink the effective
+    scale; above it the radius shrinks and they enlarge it."""
     L = _depth(depth)
     return torch.sqrt((x.abs() ** (2.0 / L)).sum(-1) / (2 * N))
 
@@ -194,23 +246,24 @@ def safe_lr(A, x_star, alpha, depth: int, *, factor: float = 1.0) -> torch.Tenso
     return factor / (L ** 2 * opnorm2.unsqueeze(-1) * 2 * B ** (2 * L - 2))
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the three updates
 
 
 def _gradient(A, At, y1, w, L):
-    """loss ½‖Ax − y‖² [P, K] and ∇_w L at w = (u, v) [P, K, 2N]; g = Aᵀ(Ax − y) as one matrix product per
-    problem (At = Aᵀ, y1 = y[:, None]): ∇_u L = L u^{L−1} g, ∇_v L = −L v^{L−1} g."""
+    """x [P, K, N], loss ½‖Ax − y‖² [P, K] and ∇_w L at w = (u, v) [P, K, 2N]; g = Aᵀ(Ax − y) as one matrix
+    product per problem (At = Aᵀ, y1 = y[:, None]): ∇_u L = L u^{L−1} g, ∇_v L = −L v^{L−1} g."""
     N = A.shape[-1]
     u, v = w[..., :N], w[..., N:]
     x = u * u - v * v if L == 2 else u ** L - v ** L
     res = torch.bmm(x, At) - y1                                      # [P, K, M]
     g = torch.bmm(res, A)                                            # [P, K, N]
     dw = L * w if L == 2 else L * w ** (L - 1)
-    return 0.5 * (res * res).sum(-1), dw * torch.cat([g, -g], -1)
+    return x, 0.5 * (res * res).sum(-1), dw * torch.cat([g, -g], -1)
 
 
-def _polar_step_w(w, gw, lr, ratio_lr):
-    """``polar_step`` on w = (u, v) [..., 2N] with gradient gw; lr, ratio_lr = ρ·lr: [..., 1]."""
+def _polar_step_w(w, gw, lr, ratio_lr, strict=True):
+    """``polar_step`` on w = (u, v) [..., 2N] with gradient gw; lr, ratio_lr = ρ·lr: [..., 1].
+    A non-positive new radius raises DivergenceError (strict) or makes that run NaN."""
     r = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
     z = w / r
     dLdr = (z * gw).sum(-1, keepdim=True)
@@ -218,13 +271,15 @@ def _polar_step_w(w, gw, lr, ratio_lr):
     nz = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
     r = r - lr * dLdr
     if bool((r <= 0).any()):
-        raise DivergenceError("the radius became non-positive, the step on it overshot: lower lr (now at "
-                              f"most {float(torch.as_tensor(lr).max()):.3g})")
+        if strict:
+            raise DivergenceError("the radius became non-positive, the step on it overshot: lower lr (now at "
+                                  f"most {float(torch.as_tensor(lr).max()):.3g})")
+        r = r.masked_fill(r <= 0, math.nan)
     return (r / nz) * z
 
 
 def polar_step(u, v, gu, gv, lr, ratio):
-    """One WN-GD step on w = (u, v) = r z (lr, ratio: [..., 1]):
+    """One radius-preconditioned step on w = (u, v) = r z (lr, ratio: [..., 1]):
 
         r' = r − η ⟨z, ∇_w L⟩,    z' = normalize(z − (ρη/r²) · r (∇_w L − ⟨z, ∇_w L⟩ z)).
     """
@@ -232,6 +287,56 @@ def polar_step(u, v, gu, gv, lr, ratio):
     lr = torch.as_tensor(lr, dtype=u.dtype)
     w = _polar_step_w(torch.cat([u, v], -1), torch.cat([gu, gv], -1), lr, torch.as_tensor(ratio) * lr)
     return w[..., :N], w[..., N:]
+
+
+def wn_step(g, q, gw, lr, ratio):
+    """One weight-normalization step on w = g·q/‖q‖ (per block: g [..., 1], q [..., n], gw = ∇_w L [..., n]):
+
+        s = q/‖q‖,   g' = g − η ⟨s, ∇_w L⟩,   q' = q − λη (g/‖q‖)(I − s sᵀ) ∇_w L     (λ = ratio)
+
+    (∇_g L = ⟨s, ∇_w L⟩ and ∇_q L = (g/‖q‖)(I − s sᵀ)∇_w L, Salimans & Kingma 2016). lr, ratio: [..., 1]."""
+    nq = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+    s = q / nq
+    dg = (s * gw).sum(-1, keepdim=True)
+    return g - lr * dg, q - (ratio * lr) * (g / nq) * (gw - dg * s)
+
+
+class _Stepper:
+    """The state of P·K runs of one method and its update; weights() gives w = (u, v) [P, K, 2N]."""
+
+    def __init__(self, method, w0, lr, ratio, granularity, strict):
+        self.method, self.strict = method, strict
+        self.eta = lr.unsqueeze(-1)                                  # [P, K, 1]
+        self.lam = None if ratio is None else ratio.unsqueeze(-1)
+        P, K, D = w0.shape
+        self.blocks = (P, K, 1, D) if granularity == "joint" else (P, K, 2, D // 2)
+        if method == "wn":                                           # g₀ = ‖w₀‖, q₀ = w₀ (per block)
+            q = w0.reshape(self.blocks).clone()
+            self.state = (torch.linalg.vector_norm(q, dim=-1, keepdim=True), q)
+            self.q0 = self.state[0].clone()
+        else:
+            self.state = (w0.clone(),)
+
+    def weights(self, state=None):
+        state = self.state if state is None else state
+        if self.method != "wn":
+            return state[0]
+        g, q = state
+        return (g * q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)).reshape(self.blocks[:2] + (-1,))
+
+    def direction_norm(self):
+        """max over blocks of ‖q‖/‖q₀‖ (1 for gd and rp): [P, K]."""
+        if self.method != "wn":
+            return torch.ones(self.blocks[:2], dtype=self.eta.dtype)
+        return (torch.linalg.vector_norm(self.state[1], dim=-1, keepdim=True) / self.q0).amax((-2, -1))
+
+    def step(self, gw):
+        if self.method == "gd":
+            return (self.state[0] - self.eta * gw,)
+        if self.method == "rp":
+            return (_polar_step_w(self.state[0], gw, self.eta, self.lam * self.eta, self.strict),)
+        g, q = self.state
+        return wn_step(g, q, gw.reshape(self.blocks), self.eta.unsqueeze(-1), self.lam.unsqueeze(-1))
 
 
 def _check_loss(loss, t, lr, alpha):
@@ -244,104 +349,162 @@ def _check_loss(loss, t, lr, alpha):
                               f"alpha={float(alpha[p, k]):.3g}); lower lr")
 
 
-def _train(A, y, *, alpha, depth, lr, ratio, steps, tol, record_every, stop_at_tol) -> Trajectory:
-    """Checks, then the loop behind ``gd`` (ratio None) and ``wn_gd`` under ``cpu_settings``; returns
+def _common_runs(P, **values):
+    """Expand [P, K_i] settings (None passes through) to one common K."""
+    K = max(v.shape[1] for v in values.values() if v is not None)
+    try:
+        return K, {k: None if v is None else v.expand(P, K) for k, v in values.items()}
+    except RuntimeError:
+        shapes = {k: None if v is None else v.shape[1] for k, v in values.items()}
+        raise ValueError(f"alpha, lr and ratio must have one common number of runs K; got {shapes}") from None
+
+
+def _train(A, y, *, method, alpha, depth, lr, ratio, granularity, steps, tol, record_every, stop_at,
+           x_star, err_tol, on_divergence) -> Trajectory:
+    """Checks, then the loop behind ``gd``, ``wn_gd`` and ``rp_gd`` under ``cpu_settings``; returns
     the Trajectory described in the module docstring."""
     A, y = _as_batch(A, y)
-    P = A.shape[0]
+    P, N, dt = A.shape[0], A.shape[-1], A.dtype
     L = _depth(depth)
-    dt = A.dtype
-    alpha = _per_run(alpha, P, "alpha", dt)
-    lr = _per_run(lr, P, "lr", dt)
-    rho = None if ratio is None else _per_run(ratio, P, "ratio", dt)
-    K = max(alpha.shape[1], lr.shape[1], 1 if rho is None else rho.shape[1])
-    try:
-        alpha, lr = alpha.expand(P, K), lr.expand(P, K)
-        rho = None if rho is None else rho.expand(P, K)
-    except RuntimeError:
-        raise ValueError(f"alpha, lr and ratio must have one common number of runs K; got "
-                         f"{alpha.shape[1]}, {lr.shape[1]}, {None if rho is None else rho.shape[1]}") from None
+    K, s = _common_runs(P, alpha=_per_run(alpha, P, "alpha", dt), lr=_per_run(lr, P, "lr", dt),
+                        ratio=None if method == "gd" else _per_run(ratio, P, "ratio", dt))
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not (isinstance(record_every, int) and record_every >= 1):
         raise ValueError(f"record_every must be a positive integer, got {record_every!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if granularity not in ("joint", "separate"):
+        raise ValueError(f"granularity must be 'joint' or 'separate', got {granularity!r}")
+    if stop_at not in ("loss", "error", "never"):
+        raise ValueError(f"stop_at must be 'loss', 'error' or 'never', got {stop_at!r}")
+    if on_divergence not in ("raise", "mark"):
+        raise ValueError(f"on_divergence must be 'raise' or 'mark', got {on_divergence!r}")
+    if (x_star is None) != (err_tol is None) or (stop_at == "error" and x_star is None):
+        raise ValueError("x_star and err_tol go together, and stop_at='error' needs both")
+    if x_star is not None:
+        x_star = torch.as_tensor(x_star, dtype=dt).reshape(P, 1, N)
+        if not (isinstance(err_tol, (int, float)) and err_tol > 0):
+            raise ValueError(f"err_tol must be a positive number, got {err_tol!r}")
+    w0 = s["alpha"].unsqueeze(-1).expand(P, K, 2 * N)                # w₀ = (u₀, v₀) = α·1
+    stepper = _Stepper(method, w0, s["lr"], s["ratio"], granularity, on_divergence == "raise")
+    inv = dict(ratio=s["ratio"], r0=s["alpha"] * math.sqrt(2 * N))
+    invariant = (None if method == "wn" and granularity == "separate" else
+                 lambda w: log_invariant(w[..., :N], w[..., N:], L, method, **inv))
     with cpu_settings(threads=1):
-        rec = _loop(A, y, alpha, lr, rho, L, steps, tol, record_every, stop_at_tol)
-    t, us, vs, losses, radii, drifts, hits = rec
+        t0 = time.perf_counter()
+        rec = _loop(A, y, stepper, invariant, s, L, steps, tol, record_every, stop_at, x_star, err_tol)
+        seconds = time.perf_counter() - t0
     C = P * K
+    flat = {k: torch.stack(v).reshape(len(v), C, *v[0].shape[2:]) for k, v in rec.items() if k != "t" and v}
+    config = {"method": method, "depth": L, "problems": P, "runs": K, "alpha": s["alpha"].reshape(C),
+              "lr": s["lr"].reshape(C), "ratio": None if method == "gd" else s["ratio"].reshape(C),
+              "granularity": granularity if method == "wn" else None, "tol": tol, "err_tol": err_tol,
+              "steps": steps, "steps_run": rec["t"][-1], "seconds": seconds}
+    metrics = {k: flat[k] for k in ("radius", "drift", "steps_to_tol", "diverged", "direction_norm")}
+    if x_star is not None:
+        metrics.update(error=flat["error"], steps_to_err=flat["steps_to_err"])
+    return Trajectory(steps=torch.tensor(rec["t"]), params={"u": flat["u"], "v": flat["v"]},
+                      loss=flat["loss"], reg=None, metrics=metrics, config=config)
 
-    def flat(xs):
-        return torch.stack(xs).reshape(len(xs), C, *xs[0].shape[2:])
 
-    config = {"method": "gd" if rho is None else "wn_gd", "depth": L, "problems": P, "runs": K,
-              "alpha": alpha.reshape(C), "lr": lr.reshape(C), "ratio": None if rho is None else rho.reshape(C),
-              "tol": tol, "steps": steps}
-    return Trajectory(steps=torch.tensor(t), params={"u": flat(us), "v": flat(vs)}, loss=flat(losses),
-                      reg=None, metrics={"radius": flat(radii), "drift": flat(drifts), "steps_to_tol": flat(hits)},
-                      config=config)
+def _first_hit(hit, reached, t):
+    return torch.where((hit < 0) & reached, t, hit)
 
 
-def _loop(A, y, alpha, lr, rho, L, steps, tol, record_every, stop_at_tol):
+def _loop(A, y, stepper, invariant, s, L, steps, tol, record_every, stop_at, x_star, err_tol):
     P, _, N = A.shape
-    K = alpha.shape[1]
-    w = alpha.unsqueeze(-1).expand(P, K, 2 * N).clone()             # w = (u, v), u = v = α
+    K = s["alpha"].shape[1]
     At, y1 = A.transpose(1, 2).contiguous(), y.unsqueeze(1)
-    rho_rec = torch.ones(P, K, dtype=A.dtype) if rho is None else rho
-    eta = lr.unsqueeze(-1)
-    ratio_lr = None if rho is None else rho.unsqueeze(-1) * eta
-    I0 = wn_invariant(w[..., :N], w[..., N:], L, rho_rec)
+    I0 = None if invariant is None else invariant(stepper.weights())
     hit = torch.full((P, K), -1, dtype=torch.long)
-    pending = torch.ones(P, K, dtype=torch.bool)                     # runs not yet at loss ≤ tol
-    done = False
-    rec_t, rec_u, rec_v, rec_loss, rec_r, rec_drift, rec_hit = [], [], [], [], [], [], []
-
+    hit_err = hit.clone()
+    diverged = torch.zeros(P, K, dtype=torch.bool)
+    rec = {k: [] for k in ("t", "u", "v", "loss", "radius", "drift", "steps_to_tol", "diverged",
+                           "direction_norm", "error", "steps_to_err")}
+    prev = stepper.state
     for t in range(steps + 1):
-        loss, gw = _gradient(A, At, y1, w, L)
+        w = stepper.weights()
+        x, loss, gw = _gradient(A, At, y1, w, L)
         if not float(loss.max()) <= HUGE:                           # NaN, inf or huge somewhere
-            _check_loss(loss, t, lr, alpha)
-        if not done and float(torch.where(pending, loss, math.inf).min()) <= tol:
-            newly = pending & (loss <= tol)
-            hit = torch.where(newly, t, hit)
-            pending = pending & ~newly
-            done = stop_at_tol and not bool(pending.any())
+            if stepper.strict:
+                _check_loss(loss, t, s["lr"], s["alpha"])
+            diverged = diverged | ~(loss <= HUGE)                   # freeze those runs at their last state
+            stepper.state = tuple(torch.where(diverged.view(P, K, *[1] * (a.ndim - 2)), b, a)
+                                  for a, b in zip(stepper.state, prev))
+            w = stepper.weights()
+            x, loss, gw = _gradient(A, At, y1, w, L)
+        ok = ~diverged
+        hit = _first_hit(hit, ok & (loss <= tol), t)
+        err = None
+        if x_star is not None:
+            err = torch.linalg.vector_norm(x - x_star, dim=-1) / torch.linalg.vector_norm(x_star, dim=-1)
+            hit_err = _first_hit(hit_err, ok & (err <= err_tol), t)
+        target = {"loss": hit, "error": hit_err, "never": None}[stop_at]
+        done = target is not None and bool(((target >= 0) | diverged).all())
         if t % record_every == 0 or t == steps or done:
             u, v = w[..., :N], w[..., N:]
-            rec_t.append(t)
-            rec_u.append(u)
-            rec_v.append(v)
-            rec_loss.append(loss)
-            rec_r.append(radius(u, v))
-            rec_drift.append((wn_invariant(u, v, L, rho_rec) / I0 - 1).abs().amax(-1))
-            rec_hit.append(hit)
+            rec["t"].append(t)
+            rec["u"].append(u)
+            rec["v"].append(v)
+            rec["loss"].append(loss)
+            rec["radius"].append(radius(u, v))
+            rec["drift"].append(torch.full((P, K), math.nan, dtype=A.dtype) if invariant is None else
+                                (invariant(w) - I0).abs().amax(-1))
+            rec["steps_to_tol"].append(hit)
+            rec["diverged"].append(diverged)
+            rec["direction_norm"].append(stepper.direction_norm())
+            if err is not None:
+                rec["error"].append(err)
+                rec["steps_to_err"].append(hit_err)
         if t == steps or done:
             break
-        if rho is None:                                   # plain GD on w = (u, v)
-            w = w - eta * gw
-        else:                                             # GD on the polar coordinates (r, z)
-            w = _polar_step_w(w, gw, eta, ratio_lr)
-    return rec_t, rec_u, rec_v, rec_loss, rec_r, rec_drift, rec_hit
+        prev = stepper.state
+        new = stepper.step(gw)
+        if bool(diverged.any()):
+            new = tuple(torch.where(diverged.view(P, K, *[1] * (a.ndim - 2)), b, a)
+                        for a, b in zip(new, stepper.state))
+        stepper.state = new
+    return rec
+
+
+_RUN_DOC = """
+    K settings (alpha, lr, ratio: numbers, [K] or [P, K]) on each of P problems, from u = v = α.
+    Stops (stop_at) when every run has loss ½‖Ax − y‖² ≤ tol ("loss", the default), or reconstruction error
+    ‖x − x*‖/‖x*‖ ≤ err_tol ("error", needs x_star [P, N] and err_tol), or has diverged; "never": after
+    ``steps``. A diverging run raises DivergenceError naming lr (on_divergence="raise"), or is frozen at its
+    last finite state and flagged in metrics["diverged"] ("mark"). Returns a Trajectory over C = P·K chains
+    (see the module docstring)."""
 
 
 def gd(A, y, *, alpha, depth: int = 2, lr, steps: int, tol: float = 1e-10, record_every: int = 100,
-       stop_at_tol: bool = True) -> Trajectory:
-    """Plain GD on x = u^L − v^L from u = v = α: K settings (α, lr: numbers, [K] or [P, K]) on each of P problems.
-
-    Stops when every run has loss ½‖Ax − y‖² ≤ tol (unless stop_at_tol=False) or after ``steps``.
-    Returns a Trajectory over C = P·K chains (see the module docstring); raises DivergenceError
-    (naming lr)."""
-    return _train(A, y, alpha=alpha, depth=depth, lr=lr, ratio=None, steps=steps, tol=tol,
-                  record_every=record_every, stop_at_tol=stop_at_tol)
+       stop_at: str = "loss", x_star=None, err_tol=None, on_divergence: str = "raise") -> Trajectory:
+    return _train(A, y, method="gd", alpha=alpha, depth=depth, lr=lr, ratio=None, granularity="joint",
+                  steps=steps, tol=tol, record_every=record_every, stop_at=stop_at, x_star=x_star,
+                  err_tol=err_tol, on_divergence=on_divergence)
 
 
-def wn_gd(A, y, *, alpha, depth: int = 2, lr, ratio, steps: int, tol: float = 1e-10, record_every: int = 100,
-          stop_at_tol: bool = True) -> Trajectory:
-    """Weight-normalized GD: GD on the radius r (step lr) and on the direction z (step ρ·lr/r², renormalized).
+def wn_gd(A, y, *, alpha, depth: int = 2, lr, ratio, granularity: str = "joint", steps: int,
+          tol: float = 1e-10, record_every: int = 100, stop_at: str = "loss", x_star=None, err_tol=None,
+          on_divergence: str = "raise") -> Trajectory:
+    return _train(A, y, method="wn", alpha=alpha, depth=depth, lr=lr, ratio=ratio, granularity=granularity,
+                  steps=steps, tol=tol, record_every=record_every, stop_at=stop_at, x_star=x_star,
+                  err_tol=err_tol, on_divergence=on_divergence)
 
-    ratio = ρ: a number, [K] or [P, K]. Same stopping rule and result as ``gd``."""
-    return _train(A, y, alpha=alpha, depth=depth, lr=lr, ratio=ratio, steps=steps, tol=tol,
-                  record_every=record_every, stop_at_tol=stop_at_tol)
+
+def rp_gd(A, y, *, alpha, depth: int = 2, lr, ratio, steps: int, tol: float = 1e-10, record_every: int = 100,
+          stop_at: str = "loss", x_star=None, err_tol=None, on_divergence: str = "raise") -> Trajectory:
+    return _train(A, y, method="rp", alpha=alpha, depth=depth, lr=lr, ratio=ratio, granularity="joint",
+                  steps=steps, tol=tol, record_every=record_every, stop_at=stop_at, x_star=x_star,
+                  err_tol=err_tol, on_divergence=on_divergence)
+
+
+gd.__doc__ = "Plain GD on w = (u, v): w ← w − η ∇_w L (lr = η)." + _RUN_DOC
+wn_gd.__doc__ = ("Weight-normalized GD: w = g·q/‖q‖ (g₀ = ‖w₀‖, q₀ = w₀), g ← g − η ∂L/∂g, q ← q − λη ∇_q L\n"
+                 "    (lr = η, ratio = λ); granularity 'joint' (one (g, q) for w = (u, v)) or 'separate' (one for u,\n"
+                 "    one for v; no coordinatewise invariant: metrics['drift'] is NaN)." + _RUN_DOC)
+rp_gd.__doc__ = ("Radius-preconditioned GD: GD on the radius r (step lr) and on the direction z (step ρ·lr/r²,\n"
+                 "    renormalized); ratio = ρ." + _RUN_DOC)
 
 
 # ----------------------------------------------------------------------------- reading a run
@@ -352,7 +515,8 @@ def _shape(run):
 
 
 def by_problem(run, name: str) -> torch.Tensor:
-    """A recorded series as [T, P, K]: ``name`` is "loss" or a metric ("radius", "drift", "steps_to_tol")."""
+    """A recorded series as [T, P, K]: ``name`` is "loss" or a metric ("radius", "drift", "steps_to_tol",
+    "diverged", "direction_norm", "error", "steps_to_err")."""
     values = run.loss if name == "loss" else run.metrics[name]
     return values.reshape(values.shape[0], *_shape(run))
 
@@ -368,16 +532,47 @@ def steps_to_tol(run) -> torch.Tensor:
     return by_problem(run, "steps_to_tol")[-1]
 
 
+def steps_to_err(run) -> torch.Tensor:
+    """[P, K]: the first step at which ‖x − x*‖/‖x*‖ was ≤ err_tol (−1 where it never was or the run diverged)."""
+    if "steps_to_err" not in run.metrics:
+        raise ValueError("the run has no reconstruction error: pass x_star and err_tol")
+    return by_problem(run, "steps_to_err")[-1]
+
+
+def loss_rate(steps, loss, lo: float, hi: float):
+    """Fit ln loss_t = c − κ t by least squares over the records with lo ≤ loss_t ≤ hi, run by run.
+
+    steps: [T]; loss: [T, ...]. Returns (κ, R², n) each [...]: the rate per step (the loss falls as e^{−κt}:
+    linear convergence), the coefficient of determination of the straight line in (t, ln loss), and the
+    number of records in the window. κ and R² are NaN where fewer than 3 records lie in the window."""
+    if not (0 < lo < hi):
+        raise ValueError(f"need 0 < lo < hi, got lo={lo!r}, hi={hi!r}")
+    loss = torch.as_tensor(loss, dtype=torch.float64)
+    t = torch.as_tensor(steps, dtype=torch.float64).reshape(-1, *[1] * (loss.ndim - 1)).expand_as(loss)
+    m = ((loss >= lo) & (loss <= hi)).double()
+    n = m.sum(0)
+    ln = loss.clamp_min(1e-300).log()
+    tm, lm = (m * t).sum(0) / n, (m * ln).sum(0) / n
+    stt = (m * (t - tm) ** 2).sum(0)
+    slope = (m * (t - tm) * (ln - lm)).sum(0) / stt
+    resid = (m * (ln - lm - slope * (t - tm)) ** 2).sum(0)
+    r2 = 1 - resid / (m * (ln - lm) ** 2).sum(0)
+    few = n < 3
+    return (-slope).masked_fill(few, math.nan), r2.masked_fill(few, math.nan), n.long()
+
+
 # ----------------------------------------------------------------------------- reading a sweep
 
 
-def crossing_scale(alphas, err, level: float) -> torch.Tensor:
+def crossing_scale(alphas, err, level: float, *, last: bool = False) -> torch.Tensor:
     """The largest α up to which ``err`` stays ≤ ``level``, interpolated between the grid points.
 
     alphas: [K] increasing and positive; err: [..., K] (one error curve per leading index). At the first grid
     point where err exceeds ``level``, log err is interpolated linearly in log α between that point and the one
     before it, and the α where it equals ``level`` is returned: [...]. NaN where err exceeds ``level`` already at
     the first α (no scale of the grid is near); +inf where it never does (the crossing lies beyond the grid).
+    last=True: the crossing after the *largest* grid point with err ≤ level instead (for curves that start
+    above the level, e.g. runs that have not left a saddle at the smallest α); NaN where no point is ≤ level.
     """
     a = torch.as_tensor(alphas, dtype=torch.float64)
     e = torch.as_tensor(err, dtype=torch.float64)
@@ -390,6 +585,12 @@ def crossing_scale(alphas, err, level: float) -> torch.Tensor:
     if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
         raise ValueError("err must be finite and non-negative")
     above = e > level
+    if last:                                                       # mask everything up to the last point below
+        below = ~above
+        idx = torch.arange(a.numel())
+        last_below = torch.where(below, idx, -1).amax(-1, keepdim=True)
+        above = above & (idx > last_below)
+        above = torch.where(last_below >= 0, above, torch.ones_like(above))
     first = above.to(torch.int64).argmax(-1)                       # first index above the level (0 if none)
     i1 = first.clamp_min(1)
     le = e.clamp_min(1e-300).log()
