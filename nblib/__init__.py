@@ -1,6 +1,7 @@
 """nblib: the small library behind the executable book on implicit regularization.
 
-    reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²                           implicit_regularizer (and _and_grad)
+    reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²                           implicit_regularizer (and _and_grad),
+                                                                  for h(params, x) or any nn.Module
     θ ← θ − η ∇ [(1/B) Σ_b (h(x_b; θ) − y_b − σZ_b)² + λ·reg(θ)]  label_noise_sgd (many chains at once)
     θ ← θ − η ∇ [L(θ) + λ·reg(θ)]                                 regularized_gd (the same loop, σ = 0)
 

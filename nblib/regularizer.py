@@ -3,7 +3,9 @@
     reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²
 
 A model is a plain function ``h(params, x)`` returning the scalar output for one example, with
-``params`` a dict of tensors. Per-example gradients come from ``torch.func.vmap(torch.func.grad(h))``:
+``params`` a dict of tensors — or any ``torch.nn.Module`` (called as ``implicit_regularizer(module, X)``),
+for which reg sums over the module's k outputs, (1/n) Σ_i Σ_k ‖∇_θ h_k(x_i; θ)‖², from per-layer rules
+(``nblib.module_reg``). Per-example gradients come from ``torch.func.vmap(torch.func.grad(h))``:
 one batched computation, no Python loop over examples, and differentiable with respect to ``params``
 (so gradient descent on loss + λ·reg works). A model may carry closed forms (see ``ClosedForm``);
 ``fast=True`` uses them, ``fast=False`` forces the generic torch.func reference.
@@ -16,7 +18,7 @@ from typing import Callable
 import torch
 from torch.func import grad, vmap
 
-from . import validate
+from . import module_reg, validate
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,29 @@ def _sq_norms_generic(model, params, X):
     return sum(g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads.values())
 
 
-def per_example_sq_grad_norms(model: Callable, params: dict, X, *, stacked: bool = False,
+def _module_args(model, params, X, stacked):
+    """For an nn.Module: (module, X) from (module, X) or (module, None, X); ValueError otherwise."""
+    if X is None:
+        params, X = None, params
+    if params is not None:
+        raise ValueError("an nn.Module carries its own parameters: call f(module, X), without params")
+    if stacked:
+        raise ValueError("stacked=True is for functional models h(params, x); an nn.Module has one set of "
+                         "parameters")
+    if not isinstance(X, torch.Tensor) or X.ndim == 0 or X.shape[0] == 0:
+        raise ValueError(f"X must be a tensor with a leading dimension of n >= 1 examples, got "
+                         f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
+    if X.is_floating_point() and not torch.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite values")
+    return model, X
+
+
+def per_example_sq_grad_norms(model: Callable, params: dict, X=None, *, stacked: bool = False,
                               fast: bool = True) -> torch.Tensor:
-    """‖∇_θ h(x_i; θ)‖² for every example: [n], or [C, n] when params are stacked over C chains."""
+    """‖∇_θ h(x_i; θ)‖² for every example: [n], or [C, n] when params are stacked over C chains.
+    For an nn.Module (``per_example_sq_grad_norms(module, X)``): Σ_k ‖∇_θ h_k(x_i; θ)‖², [n]."""
+    if isinstance(model, torch.nn.Module):
+        return module_reg.module_sq_grad_norms(*_module_args(model, params, X, stacked), fast=fast)
     validate.as_params(params)
     dtype = next(iter(params.values())).dtype
     X, _ = validate.as_data(X, dtype=dtype)
@@ -109,12 +131,16 @@ def trainable_sq_grad_norms(model: Callable, params: dict, X, trainable: dict) -
     return sum((g * masks[k].unsqueeze(1)).pow(2).reshape(C, n, -1).sum(-1) for k, g in grads.items())
 
 
-def implicit_regularizer(model: Callable, params: dict, X, *, stacked: bool = False,
+def implicit_regularizer(model: Callable, params: dict, X=None, *, stacked: bool = False,
                          fast: bool = True) -> torch.Tensor:
     """reg(θ) = (1/n) Σ_i ‖∇_θ h(x_i; θ)‖²: a scalar, or [C] when params are stacked over C chains.
 
-    Differentiable with respect to ``params``.
+    Differentiable with respect to ``params``. For an nn.Module, ``implicit_regularizer(module, X)``:
+    reg(θ) = (1/n) Σ_i Σ_k ‖∇_θ h_k(x_i; θ)‖² over its k outputs and trainable parameters, differentiable
+    with respect to them.
     """
+    if isinstance(model, torch.nn.Module):
+        return module_reg.module_regularizer(*_module_args(model, params, X, stacked), fast=fast)
     cf = closed_form_of(model)
     if fast and cf is not None and cf.reg is not None:
         validate.as_params(params)
@@ -127,12 +153,16 @@ def implicit_regularizer(model: Callable, params: dict, X, *, stacked: bool = Fa
     return per_example_sq_grad_norms(model, params, X, stacked=stacked, fast=fast).mean(-1)
 
 
-def implicit_regularizer_and_grad(model: Callable, params: dict, X, *, stacked: bool = False,
+def implicit_regularizer_and_grad(model: Callable, params: dict, X=None, *, stacked: bool = False,
                                   fast: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(reg(θ), ∇_θ reg(θ)) without building a graph: closed forms where the model has them
     (``reg_and_grad``, else ``sq_grad_norms`` + ``reg_grad``), autograd of the torch.func reference otherwise.
-    Shapes as ``implicit_regularizer``; the gradient dict has the shapes of ``params``.
+    Shapes as ``implicit_regularizer``; the gradient dict has the shapes of ``params``. For an nn.Module,
+    ``implicit_regularizer_and_grad(module, X)`` gives {name: ∇reg} over ``module.named_parameters()``
+    (per-layer rules, then one double backward).
     """
+    if isinstance(model, torch.nn.Module):
+        return module_reg.module_regularizer_and_grad(*_module_args(model, params, X, stacked), fast=fast)
     validate.as_params(params)
     dtype = next(iter(params.values())).dtype
     X, _ = validate.as_data(X, dtype=dtype)

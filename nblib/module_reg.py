@@ -1,0 +1,285 @@
+"""The implicit regularizer of any ``torch.nn.Module``, exactly, from per-layer rules:
+
+    reg(θ) = (1/n) Σ_i Σ_k ‖∇_θ h_k(x_i; θ)‖²
+
+for a model with k outputs per example (h(X): [n] or [n, k]); the sum over k is what independent label
+noise on each output gives (k = 1: Blanc et al.'s reg). Examples must not interact: a BatchNorm layer in
+training mode (anything that mixes the batch) raises ValueError; call ``module.eval()`` first.
+
+The fast path needs no per-example gradient of any covered layer. For each output k one backward pass of
+Σ_i h_k(x_i) gives every covered layer's output gradient g = ∂h_k(x_i)/∂z (examples are independent), and
+its input a was recorded on the forward pass. Per example (positions t: sequence steps, conv patches, or
+repeated calls of the same layer):
+
+    nn.Linear       ‖∇_W h‖² = Σ_{t,t'} (g_t·g_t')(a_t·a_t')   (one position: ‖g‖² ‖a‖²), ‖∇_b h‖² = ‖Σ_t g_t‖²
+    nn.Conv1d/2d    the same with a_t the unfolded input patch at output position t, or the unfolded
+                    per-example gradient Σ_t g_t a_tᵀ, whichever takes fewer products for the shapes
+    nn.Embedding    ‖∇_E h‖² = Σ_{t,t'} [i_t = i_t'] (g_t·g_t')   (i_t the token at position t)
+    nn.LayerNorm    ‖∇_γ h‖² = ‖Σ_t g_t ⊙ x̂_t‖², ‖∇_β h‖² = ‖Σ_t g_t‖²   (x̂ the normalized input)
+
+Any other parameter (a bare nn.Parameter, a layer with a parametrization, grouped or padded-mode
+convolutions, Embedding with max_norm or scale_grad_by_freq) goes through the torch.func reference,
+``vmap(grad)`` of ``functional_call``, for those parameters only. ∇reg is one more backward through all of
+it (double backward). ``reference_sq_grad_norms`` is the plain per-example autograd loop the tests compare
+against.
+
+One PyTorch limitation shapes the generic path: in torch 2.13 the double backward of ``vmap(grad)``
+through a normalization layer (layer_norm, group_norm, ...) is wrong (the values are right, ∇reg is not;
+a per-example loop gives the right one). Normalization layers not covered by a rule therefore make ∇reg of
+the generic path loop over examples (exact, slower).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.utils import parametrize
+
+COVERED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_module(module: nn.Module) -> None:
+    """ValueError if any layer mixes the examples of a batch (BatchNorm in training mode)."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    for name, m in module.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            raise ValueError(f"layer {name or type(m).__name__!r} ({type(m).__name__}) is in training mode and "
+                             "mixes the examples of a batch, so per-example gradients are not defined: "
+                             "call module.eval() first")
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ValueError("the module has no trainable parameters (requires_grad=True)")
+
+
+def _outputs(out: torch.Tensor, n: int) -> torch.Tensor:
+    """h(X) as [n, k]."""
+    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != n:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"module(X) must return one output row per example, [n={n}] or [n, k]; got {shape}")
+    return out.reshape(n, -1)
+
+
+def _covered(m: nn.Module) -> bool:
+    """Whether a layer's parameters follow a per-layer rule."""
+    if not isinstance(m, COVERED) or parametrize.is_parametrized(m):
+        return False
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    if isinstance(m, nn.Embedding):
+        return m.max_norm is None and not m.scale_grad_by_freq
+    if isinstance(m, nn.LayerNorm):
+        return m.elementwise_affine
+    return True
+
+
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
+if hasattr(nn, "RMSNorm"):
+    NORMS = NORMS + (nn.RMSNorm,)
+
+
+def _normalized(m, a):
+    """LayerNorm's x̂ (no affine) as [n, T, D]."""
+    xh = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
+    return xh.reshape(a.shape[0], -1, _size(m))
+
+
+def _size(m):
+    out = 1
+    for d in m.normalized_shape:
+        out *= d
+    return out
+
+
+# ----------------------------------------------------------------------------- the per-layer rules
+
+
+def _gram_rule(a, g):
+    """Σ_{t,t'} (g_t·g_t')(a_t·a_t') per example, a: [n, T, p], g: [n, T, q], by the cheaper route."""
+    n, T, p = a.shape
+    q = g.shape[-1]
+    if T == 1:
+        return (g[:, 0] ** 2).sum(-1) * (a[:, 0] ** 2).sum(-1)
+    if T * T * (p + q) < T * p * q + p * q:                          # Gram matrices
+        return ((g @ g.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum((1, 2))
+    return (torch.einsum("ntq,ntp->nqp", g, a) ** 2).sum((1, 2))      # per-example gradient
+
+
+def _patches(m, a):
+    """Conv input [n, C, *spatial] → unfolded patches [n, T, C·kernel] at the T output positions."""
+    if isinstance(m, nn.Conv1d):
+        a = a.unsqueeze(2)
+        kernel, dil, pad, stride = (1, *m.kernel_size), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
+    else:
+        kernel, dil, pad, stride = m.kernel_size, m.dilation, m.padding, m.stride
+    return F.unfold(a, kernel, dilation=dil, padding=pad, stride=stride).transpose(1, 2)
+
+
+def _layer_sq_norms(m, inputs, grads):
+    """Σ over m's parameters of ‖∇ h(x_i)‖² per example, from its calls' inputs and output gradients."""
+    if isinstance(m, nn.Embedding):
+        idx = torch.cat([i.reshape(i.shape[0], -1) for i in inputs], 1)             # [n, T]
+        g = torch.cat([x.reshape(x.shape[0], -1, m.embedding_dim) for x in grads], 1)  # [n, T, D]
+        if m.padding_idx is not None:
+            g = g * (idx != m.padding_idx).unsqueeze(-1)
+        if not m.weight.requires_grad:
+            return 0.0
+        same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(g.dtype)
+        return (same * (g @ g.transpose(1, 2))).sum((1, 2))
+    if isinstance(m, nn.LayerNorm):
+        xh = torch.cat([_normalized(m, x) for x in inputs], 1)                   # [n, T, D]
+        g = torch.cat([x.reshape(x.shape[0], -1, _size(m)) for x in grads], 1)
+        out = ((g * xh).sum(1) ** 2).sum(-1) if m.weight is not None and m.weight.requires_grad else 0.0
+        if m.bias is not None and m.bias.requires_grad:
+            out = out + (g.sum(1) ** 2).sum(-1)
+        return out
+    if isinstance(m, nn.Linear):
+        a = torch.cat([x.reshape(x.shape[0], -1, m.in_features) for x in inputs], 1)
+        g = torch.cat([x.reshape(x.shape[0], -1, m.out_features) for x in grads], 1)
+    else:
+        a = torch.cat([_patches(m, x) for x in inputs], 1)
+        g = torch.cat([x.reshape(x.shape[0], m.out_channels, -1).transpose(1, 2) for x in grads], 1)
+    out = _gram_rule(a, g) if m.weight.requires_grad else 0.0
+    if m.bias is not None and m.bias.requires_grad:
+        out = out + (g.sum(1) ** 2).sum(-1)
+    return out
+
+
+def _layer_summed_grad(m, inputs, grads):
+    """Σ_i ∇_W h(x_i) of the layer's weight, from the same a and g (to check that the rule saw every use)."""
+    if isinstance(m, nn.Embedding):
+        idx = torch.cat([i.reshape(-1) for i in inputs])
+        g = torch.cat([x.reshape(-1, m.embedding_dim) for x in grads])
+        if m.padding_idx is not None:
+            g = g * (idx != m.padding_idx).unsqueeze(-1)
+        return torch.zeros_like(m.weight).index_add(0, idx, g)
+    if isinstance(m, nn.LayerNorm):
+        xh = torch.cat([_normalized(m, x).reshape(-1, _size(m)) for x in inputs])
+        g = torch.cat([x.reshape(-1, _size(m)) for x in grads])
+        return (g * xh).sum(0).reshape(m.weight.shape)
+    if isinstance(m, nn.Linear):
+        a = torch.cat([x.reshape(-1, m.in_features) for x in inputs])
+        g = torch.cat([x.reshape(-1, m.out_features) for x in grads])
+        return g.T @ a
+    a = torch.cat([_patches(m, x) for x in inputs], 1)
+    g = torch.cat([x.reshape(x.shape[0], m.out_channels, -1).transpose(1, 2) for x in grads], 1)
+    return torch.einsum("ntq,ntp->qp", g, a).reshape(m.weight.shape)
+
+
+# ----------------------------------------------------------------------------- the regularizer
+
+
+def _generic_sq_norms(module, X, names, create_graph):
+    """Σ_k ‖∇_θ h_k(x_i)‖² over the parameters ``names`` only, per example: torch.func vmap(grad)."""
+    if not names:
+        return 0.0
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+    free = {k: v for k, v in params.items() if k not in names}
+    own = {k: params[k] for k in names}
+    if not create_graph:
+        own = {k: v.detach() for k, v in own.items()}
+        free = {k: v.detach() for k, v in free.items()}
+
+    def out_k(p, x, k):
+        return functional_call(module, ({**free, **p}, buffers), (x.unsqueeze(0),)).reshape(-1)[k]
+
+    k_out = _outputs(module(X[:1]), 1).shape[1]
+    per_example_loop = create_graph and any(isinstance(m, NORMS) for m in module.modules())
+
+    def sq(p, x, k):
+        return sum(g.pow(2).sum() for g in grad(out_k)(p, x, k).values())
+
+    total = 0.0
+    for k in range(k_out):
+        if per_example_loop:                               # see the module docstring
+            total = total + torch.stack([sq(own, x, k) for x in X])
+        else:
+            total = total + vmap(sq, in_dims=(None, 0, None))(own, X, k)
+    return total
+
+
+def _sq_norms(module, X, *, fast, create_graph, exclude=frozenset()):
+    check_module(module)
+    trainable = {k for k, p in module.named_parameters() if p.requires_grad}
+    layers = {name: m for name, m in module.named_modules()
+              if fast and name not in exclude and _covered(m) and any(p.requires_grad for p in m.parameters())}
+    inputs = {name: [] for name in layers}
+    outputs = {name: [] for name in layers}
+
+    def record(name):
+        def hook(m, args, out):
+            inputs[name].append(args[0])
+            outputs[name].append(out)
+        return hook
+
+    handles = [m.register_forward_hook(record(name)) for name, m in layers.items()]
+    try:
+        with torch.enable_grad():
+            h = _outputs(module(X), X.shape[0])
+    finally:
+        for hd in handles:
+            hd.remove()
+    used = [name for name in layers if outputs[name]]
+    covered = {f"{ln}.{pn}" if ln else pn for ln in used
+               for pn, p in layers[ln].named_parameters(recurse=False) if p.requires_grad}
+    total = torch.zeros(X.shape[0], dtype=h.dtype, device=h.device)
+    zs = [z for name in used for z in outputs[name]]
+    weights = [layers[name].weight for name in used]
+    for k in range(h.shape[1] if used else 0):
+        check = k == 0 and any(w.requires_grad for w in weights)
+        wanted = zs + ([w for w in weights if w.requires_grad] if check else [])
+        gz = torch.autograd.grad(h[:, k].sum(), wanted, retain_graph=True, create_graph=create_graph,
+                                 allow_unused=True)
+        gz = [torch.zeros_like(z) if g is None else g for z, g in zip(wanted, gz)]
+        j, tied, gw = 0, set(), iter(gz[len(zs):])
+        for name in used:
+            c = len(outputs[name])
+            m = layers[name]
+            if check and m.weight.requires_grad:          # the rule must see every use of the weight
+                summed = _layer_summed_grad(m, inputs[name], gz[j:j + c])
+                ref_w, summed = next(gw).detach(), summed.detach()
+                if not torch.allclose(summed, ref_w, rtol=1e-4, atol=1e-6 * (1 + float(summed.abs().max()))):
+                    tied.add(name)
+            total = total + _layer_sq_norms(m, inputs[name], gz[j:j + c])
+            j += c
+        if tied:                                          # a weight used outside its layer (tied weights)
+            return _sq_norms(module, X, fast=fast, create_graph=create_graph, exclude=exclude | tied)
+    return total + _generic_sq_norms(module, X, sorted(trainable - covered), create_graph)
+
+
+def module_sq_grad_norms(module: nn.Module, X: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
+    """[n]: Σ_k ‖∇_θ h_k(x_i; θ)‖² for every example, over the module's trainable parameters."""
+    return _sq_norms(module, X, fast=fast, create_graph=False).detach()
+
+
+def module_regularizer(module: nn.Module, X: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
+    """reg(θ) = (1/n) Σ_i Σ_k ‖∇_θ h_k(x_i; θ)‖², differentiable with respect to the module's parameters."""
+    return _sq_norms(module, X, fast=fast, create_graph=True).mean()
+
+
+def module_regularizer_and_grad(module: nn.Module, X: torch.Tensor, *, fast: bool = True):
+    """(reg(θ), {name: ∇reg}) for the module's trainable parameters (one double backward)."""
+    reg = module_regularizer(module, X, fast=fast)
+    named = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
+    gs = (torch.autograd.grad(reg, [p for _, p in named], allow_unused=True) if reg.requires_grad
+          else [None] * len(named))                      # reg free of θ (e.g. a linear model)
+    return reg.detach(), {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(named, gs)}
+
+
+def reference_sq_grad_norms(module: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """The naive reference: a Python loop over examples and outputs, autograd on each h_k(x_i)."""
+    check_module(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    out = []
+    for i in range(X.shape[0]):
+        h = _outputs(module(X[i:i + 1]), 1)[0]
+        total = 0.0
+        for k in range(h.shape[0]):
+            gs = torch.autograd.grad(h[k], params, retain_graph=True, allow_unused=True)
+            total = total + sum((g ** 2).sum() for g in gs if g is not None)
+        out.append(torch.as_tensor(total, dtype=h.dtype))
+    return torch.stack(out)
