@@ -11,6 +11,10 @@ the equivalent nn.Module):
   torch.func            vmap(grad(h)), ∇reg by autograd through it (nblib's generic reference, fast=False)
   BackPACK              BatchL2Grad extension (backpack-for-pytorch); ∇reg via create_graph if it agrees
   Opacus                GradSampleModule per-sample gradients, value only
+Two nn.Modules the book's chapters do not use, run through nblib's generic module path
+(``implicit_regularizer_and_grad(module, X)``: per-layer rules), at n = 1024: a tanh MLP 32-384-384-1 and a
+small CNN on 1×8×8 inputs (Conv2d 1→16 3×3, tanh, Conv2d 16→16 3×3 stride 2, tanh, Linear 256→1); against
+torch.func on the same module (fast=False), BackPACK and Opacus.
 Every method is checked against nblib (value and gradient) before it is timed; a disagreement stops the
 benchmark. A missing optional library is reported and its rows are skipped.
 Timing: rounds that interleave the methods; each round times every method for a short block; the
@@ -239,6 +243,113 @@ def bench(kind, n, rounds, budget):
     return rows
 
 
+# ----------------------------------------------------------------------------- any nn.Module
+
+MODULE_N = 1024
+
+
+def module_problem(kind, n):
+    g = torch.Generator().manual_seed(n)
+    torch.manual_seed(n)
+    if kind == "module_mlp":
+        net = torch.nn.Sequential(torch.nn.Linear(32, 384), torch.nn.Tanh(), torch.nn.Linear(384, 384),
+                                  torch.nn.Tanh(), torch.nn.Linear(384, 1))
+        return net, torch.randn(n, 32, generator=g)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.Tanh(),
+                              torch.nn.Conv2d(16, 16, 3, stride=2, padding=1), torch.nn.Tanh(),
+                              torch.nn.Flatten(), torch.nn.Linear(256, 1))
+    return net, torch.randn(n, 1, 8, 8, generator=g)
+
+
+def module_methods(kind, net, X):
+    """{name: (value_fn, grad_fn or None, why)} for an nn.Module; grads keyed by net.named_parameters()."""
+    names = [k for k, _ in net.named_parameters()]
+    out = {
+        "nblib": (lambda: nblib.per_example_sq_grad_norms(net, X).mean(),
+                  lambda: nblib.implicit_regularizer_and_grad(net, X), None),
+        "torch.func vmap(grad)": (lambda: nblib.per_example_sq_grad_norms(net, X, fast=False).mean(),
+                                  lambda: nblib.implicit_regularizer_and_grad(net, X, fast=False), None),
+    }
+    if importlib.util.find_spec("backpack") is not None:
+        import copy
+
+        from backpack import backpack, extend
+        from backpack.extensions import BatchL2Grad
+        bp = extend(copy.deepcopy(net))
+
+        def run(create_graph):
+            bp.zero_grad(set_to_none=True)
+            with backpack(BatchL2Grad()):
+                bp(X).sum().backward(create_graph=create_graph)
+            return sum(p.batch_l2 for p in bp.parameters()).mean()
+
+        def with_grad():
+            reg = run(True)
+            grads = torch.autograd.grad(reg, list(bp.parameters()), allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(bp.parameters(), grads)]
+            for p in bp.parameters():
+                p.grad = None
+            return reg.detach(), dict(zip(names, grads))
+        out["BackPACK BatchL2Grad"] = (lambda: run(False).detach(), with_grad, None)
+    if importlib.util.find_spec("opacus") is not None:
+        import copy
+
+        from opacus import GradSampleModule
+        gs = GradSampleModule(copy.deepcopy(net), loss_reduction="sum")
+
+        def value():
+            gs.zero_grad(set_to_none=True)
+            for p in gs.parameters():
+                p.grad_sample = None
+            gs(X).sum().backward()
+            return sum(p.grad_sample.pow(2).reshape(p.grad_sample.shape[0], -1).sum(1)
+                       for p in gs.parameters()).mean()
+        out["Opacus GradSampleModule"] = (value, None, "Opacus computes per-sample gradients, not their derivative")
+    return out
+
+
+def bench_module(kind, n, rounds, budget):
+    net, X = module_problem(kind, n)
+    floor = floor_fn(net, X)
+    ref_val, ref_grads = nblib.implicit_regularizer_and_grad(net, X, fast=False)
+    timed, rows, errors = {"floor": floor}, [], {}
+    for name in ("BackPACK BatchL2Grad", "Opacus GradSampleModule"):
+        module = "backpack" if name.startswith("BackPACK") else "opacus"
+        if importlib.util.find_spec(module) is None:
+            rows.append(dict(model=kind, n=n, method=name, quantity="reg",
+                             status=f"skipped: {module} is not installed"))
+    for name, (value, with_grad, why) in module_methods(kind, net, X).items():
+        err = rel_error(value(), ref_val)
+        if err > 1e-4:
+            raise AssertionError(f"{name} disagrees with nblib on reg ({kind}, n={n}): relative error {err:.1e}")
+        timed[(name, "reg")], errors[(name, "reg")] = value, err
+        if with_grad is not None:
+            try:
+                reg, grads = with_grad()
+                err = max(rel_error(reg, ref_val), rel_error(grads, ref_grads))
+            except Exception as exc:                     # a library that cannot differentiate its own output
+                err, why = float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            if err <= 1e-3:
+                timed[(name, "reg+grad")], errors[(name, "reg+grad")] = with_grad, err
+            elif why is None:
+                why = f"its gradient disagrees with the reference (relative error {err:.1e})"
+        if (name, "reg+grad") not in timed:
+            rows.append(dict(model=kind, n=n, method=name, quantity="reg+grad", status=f"unsupported: {why}"))
+    times = {key: [] for key in timed}
+    for _ in range(rounds):
+        for key, fn in timed.items():
+            times[key].append(block_time(fn, budget))
+    floor_times = times.pop("floor")
+    for (name, quantity), ts in times.items():
+        rows.append(dict(model=kind, n=n, method=name, quantity=quantity, status="ok",
+                         seconds=statistics.median(ts),
+                         ratio_to_floor=statistics.median(t / f for t, f in zip(ts, floor_times)),
+                         rel_error_vs_reference=errors[(name, quantity)]))
+    rows.append(dict(model=kind, n=n, method="floor: forward+backward of the loss", quantity="loss+grad",
+                     status="ok", seconds=statistics.median(floor_times), ratio_to_floor=1.0))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test, noisier numbers)")
@@ -252,17 +363,23 @@ def main() -> None:
     for kind in ("mlp", "relu"):
         for n in SIZES:
             rows += bench(kind, n, rounds, budget)
-    print(f"{'model':5} {'n':>5}  {'method':38} {'quantity':9} {'ms':>9} {'× floor':>8}")
+    for kind in ("module_mlp", "module_cnn"):
+        rows += bench_module(kind, MODULE_N, rounds, budget)
+    print(f"{'model':10} {'n':>5}  {'method':38} {'quantity':9} {'ms':>9} {'× floor':>8}")
     for r in rows:
         if r["status"] == "ok":
-            print(f"{r['model']:5} {r['n']:5}  {r['method']:38} {r['quantity']:9} {1e3 * r['seconds']:9.2f} "
+            print(f"{r['model']:10} {r['n']:5}  {r['method']:38} {r['quantity']:9} {1e3 * r['seconds']:9.2f} "
                   f"{r['ratio_to_floor']:8.2f}")
         else:
-            print(f"{r['model']:5} {r['n']:5}  {r['method']:38} {r['quantity']:9} {r['status']}")
+            print(f"{r['model']:10} {r['n']:5}  {r['method']:38} {r['quantity']:9} {r['status']}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "regularizer.json"
     out.write_text(json.dumps({"machine": machine(), "rounds": rounds,
-                               "models": {"mlp": MLP_SIZES, "relu": {"width": WIDTH}}, "rows": rows}, indent=1))
+                               "models": {"mlp": MLP_SIZES, "relu": {"width": WIDTH},
+                                          "module_mlp": "tanh 32-384-384-1 (nn.Module)",
+                                          "module_cnn": "Conv2d 1-16 3x3, tanh, Conv2d 16-16 3x3/2, tanh, "
+                                                        "Linear 256-1 (nn.Module, 1x8x8 inputs)"},
+                               "rows": rows}, indent=1))
     print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
 
 

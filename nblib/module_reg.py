@@ -17,6 +17,8 @@ repeated calls of the same layer):
     nn.Embedding    ‖∇_E h‖² = Σ_{t,t'} [i_t = i_t'] (g_t·g_t')   (i_t the token at position t)
     nn.LayerNorm    ‖∇_γ h‖² = ‖Σ_t g_t ⊙ x̂_t‖², ‖∇_β h‖² = ‖Σ_t g_t‖²   (x̂ the normalized input)
 
+A rule applies only when the layer's own calls are the only uses of its parameters in the autograd
+graph (a weight tied to another layer, or used directly elsewhere, sends that layer to the generic path).
 Any other parameter (a bare nn.Parameter, a layer with a parametrization, grouped or padded-mode
 convolutions, Embedding with max_norm or scale_grad_by_freq) goes through the torch.func reference,
 ``vmap(grad)`` of ``functional_call``, for those parameters only. ∇reg is one more backward through all of
@@ -118,55 +120,62 @@ def _patches(m, a):
     return F.unfold(a, kernel, dilation=dil, padding=pad, stride=stride).transpose(1, 2)
 
 
-def _layer_sq_norms(m, inputs, grads):
-    """Σ over m's parameters of ‖∇ h(x_i)‖² per example, from its calls' inputs and output gradients."""
+def _features(m, inputs):
+    """What a layer's rule needs of its calls' inputs, once for all outputs k: [n, T, ·] (or indices [n, T])."""
     if isinstance(m, nn.Embedding):
-        idx = torch.cat([i.reshape(i.shape[0], -1) for i in inputs], 1)             # [n, T]
-        g = torch.cat([x.reshape(x.shape[0], -1, m.embedding_dim) for x in grads], 1)  # [n, T, D]
-        if m.padding_idx is not None:
-            g = g * (idx != m.padding_idx).unsqueeze(-1)
+        return torch.cat([i.reshape(i.shape[0], -1) for i in inputs], 1)
+    if isinstance(m, nn.LayerNorm):
+        return torch.cat([_normalized(m, x) for x in inputs], 1)
+    if isinstance(m, nn.Linear):
+        return torch.cat([x.reshape(x.shape[0], -1, m.in_features) for x in inputs], 1)
+    return torch.cat([_patches(m, x) for x in inputs], 1)
+
+
+def _layer_terms(m, feat, grads):
+    """Σ over m's parameters of ‖∇ h(x_i)‖² per example [n], from the layer's input features and its calls'
+    output gradients."""
+    n = feat.shape[0]
+    if isinstance(m, nn.Embedding):
         if not m.weight.requires_grad:
             return 0.0
-        same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(g.dtype)
+        g = torch.cat([x.reshape(n, -1, m.embedding_dim) for x in grads], 1)      # [n, T, D]
+        if m.padding_idx is not None:
+            g = g * (feat != m.padding_idx).unsqueeze(-1)
+        same = (feat.unsqueeze(2) == feat.unsqueeze(1)).to(g.dtype)
         return (same * (g @ g.transpose(1, 2))).sum((1, 2))
     if isinstance(m, nn.LayerNorm):
-        xh = torch.cat([_normalized(m, x) for x in inputs], 1)                   # [n, T, D]
-        g = torch.cat([x.reshape(x.shape[0], -1, _size(m)) for x in grads], 1)
-        out = ((g * xh).sum(1) ** 2).sum(-1) if m.weight is not None and m.weight.requires_grad else 0.0
+        g = torch.cat([x.reshape(n, -1, _size(m)) for x in grads], 1)
+        out = ((g * feat).sum(1) ** 2).sum(-1) if m.weight is not None and m.weight.requires_grad else 0.0
         if m.bias is not None and m.bias.requires_grad:
             out = out + (g.sum(1) ** 2).sum(-1)
         return out
     if isinstance(m, nn.Linear):
-        a = torch.cat([x.reshape(x.shape[0], -1, m.in_features) for x in inputs], 1)
-        g = torch.cat([x.reshape(x.shape[0], -1, m.out_features) for x in grads], 1)
+        g = torch.cat([x.reshape(n, -1, m.out_features) for x in grads], 1)
     else:
-        a = torch.cat([_patches(m, x) for x in inputs], 1)
-        g = torch.cat([x.reshape(x.shape[0], m.out_channels, -1).transpose(1, 2) for x in grads], 1)
-    out = _gram_rule(a, g) if m.weight.requires_grad else 0.0
+        g = torch.cat([x.reshape(n, m.out_channels, -1).transpose(1, 2) for x in grads], 1)
+    out = _gram_rule(feat, g) if m.weight.requires_grad else 0.0
     if m.bias is not None and m.bias.requires_grad:
         out = out + (g.sum(1) ** 2).sum(-1)
     return out
 
 
-def _layer_summed_grad(m, inputs, grads):
-    """Σ_i ∇_W h(x_i) of the layer's weight, from the same a and g (to check that the rule saw every use)."""
-    if isinstance(m, nn.Embedding):
-        idx = torch.cat([i.reshape(-1) for i in inputs])
-        g = torch.cat([x.reshape(-1, m.embedding_dim) for x in grads])
-        if m.padding_idx is not None:
-            g = g * (idx != m.padding_idx).unsqueeze(-1)
-        return torch.zeros_like(m.weight).index_add(0, idx, g)
-    if isinstance(m, nn.LayerNorm):
-        xh = torch.cat([_normalized(m, x).reshape(-1, _size(m)) for x in inputs])
-        g = torch.cat([x.reshape(-1, _size(m)) for x in grads])
-        return (g * xh).sum(0).reshape(m.weight.shape)
-    if isinstance(m, nn.Linear):
-        a = torch.cat([x.reshape(-1, m.in_features) for x in inputs])
-        g = torch.cat([x.reshape(-1, m.out_features) for x in grads])
-        return g.T @ a
-    a = torch.cat([_patches(m, x) for x in inputs], 1)
-    g = torch.cat([x.reshape(x.shape[0], m.out_channels, -1).transpose(1, 2) for x in grads], 1)
-    return torch.einsum("ntq,ntp->qp", g, a).reshape(m.weight.shape)
+def _graph_uses(out: torch.Tensor, params) -> dict[int, int]:
+    """How many operations of the autograd graph of ``out`` consume each parameter (by id)."""
+    uses = {id(p): 0 for p in params}
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            if nxt is None:
+                continue
+            var = getattr(nxt, "variable", None)
+            if var is not None and id(var) in uses:
+                uses[id(var)] += 1
+            stack.append(nxt)
+    return uses
 
 
 # ----------------------------------------------------------------------------- the regularizer
@@ -202,11 +211,11 @@ def _generic_sq_norms(module, X, names, create_graph):
     return total
 
 
-def _sq_norms(module, X, *, fast, create_graph, exclude=frozenset()):
+def _sq_norms(module, X, *, fast, create_graph):
     check_module(module)
     trainable = {k for k, p in module.named_parameters() if p.requires_grad}
     layers = {name: m for name, m in module.named_modules()
-              if fast and name not in exclude and _covered(m) and any(p.requires_grad for p in m.parameters())}
+              if fast and _covered(m) and any(p.requires_grad for p in m.parameters())}
     inputs = {name: [] for name in layers}
     outputs = {name: [] for name in layers}
 
@@ -223,31 +232,24 @@ def _sq_norms(module, X, *, fast, create_graph, exclude=frozenset()):
     finally:
         for hd in handles:
             hd.remove()
-    used = [name for name in layers if outputs[name]]
+    # a rule holds only if the layer's calls are the only uses of its parameters (not tied elsewhere)
+    uses = _graph_uses(h, [p for m in layers.values() for p in m.parameters(recurse=False)])
+    used = [name for name, m in layers.items() if outputs[name] and all(
+        uses[id(p)] == len(outputs[name]) for p in m.parameters(recurse=False) if p.requires_grad)]
     covered = {f"{ln}.{pn}" if ln else pn for ln in used
                for pn, p in layers[ln].named_parameters(recurse=False) if p.requires_grad}
     total = torch.zeros(X.shape[0], dtype=h.dtype, device=h.device)
     zs = [z for name in used for z in outputs[name]]
-    weights = [layers[name].weight for name in used]
+    feats = {name: _features(layers[name], inputs[name]) for name in used}
     for k in range(h.shape[1] if used else 0):
-        check = k == 0 and any(w.requires_grad for w in weights)
-        wanted = zs + ([w for w in weights if w.requires_grad] if check else [])
-        gz = torch.autograd.grad(h[:, k].sum(), wanted, retain_graph=True, create_graph=create_graph,
+        gz = torch.autograd.grad(h[:, k].sum(), zs, retain_graph=True, create_graph=create_graph,
                                  allow_unused=True)
-        gz = [torch.zeros_like(z) if g is None else g for z, g in zip(wanted, gz)]
-        j, tied, gw = 0, set(), iter(gz[len(zs):])
+        gz = [torch.zeros_like(z) if g is None else g for z, g in zip(zs, gz)]
+        j = 0
         for name in used:
             c = len(outputs[name])
-            m = layers[name]
-            if check and m.weight.requires_grad:          # the rule must see every use of the weight
-                summed = _layer_summed_grad(m, inputs[name], gz[j:j + c])
-                ref_w, summed = next(gw).detach(), summed.detach()
-                if not torch.allclose(summed, ref_w, rtol=1e-4, atol=1e-6 * (1 + float(summed.abs().max()))):
-                    tied.add(name)
-            total = total + _layer_sq_norms(m, inputs[name], gz[j:j + c])
+            total = total + _layer_terms(layers[name], feats[name], gz[j:j + c])
             j += c
-        if tied:                                          # a weight used outside its layer (tied weights)
-            return _sq_norms(module, X, fast=fast, create_graph=create_graph, exclude=exclude | tied)
     return total + _generic_sq_norms(module, X, sorted(trainable - covered), create_graph)
 
 
