@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from nblib.runtime import source_hash
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -30,6 +32,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.machine()}",
         "date": datetime.date.today().isoformat(),
+        "nblib_hash": source_hash(),          # the code measured: results on other code are stale
     }
 
 

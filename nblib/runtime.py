@@ -8,6 +8,8 @@ run and restores the caller's settings afterwards.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import pathlib
 
 import torch
 
@@ -28,3 +30,16 @@ def cpu_settings(threads: int | None = 1, *, flush_denormal: bool = True):
             torch.set_num_threads(before)
         if flushed:
             torch.set_flush_denormal(False)
+
+
+def source_hash() -> str:
+    """SHA-256 (first 16 hex digits) of nblib's own source: every ``*.py`` under the package, by relative
+    path and content. Stored benchmark results record it, so that results measured on other code show
+    up as stale."""
+    root = pathlib.Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]

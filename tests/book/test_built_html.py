@@ -248,3 +248,27 @@ def test_chapter_figures_exist(doc):
     assert images, f"{doc} shows no figure"
     for src in images:
         assert (HTML / urljoin(f"{doc}.html", src)).is_file(), f"{doc}: figure {src} is missing"
+
+
+def test_stored_benchmark_results_measured_the_current_nblib():
+    """Every stored benchmark result records the hash of the nblib source it measured; results measured on
+    other code are stale (re-run `make bench`), and the Performance page says so. ALLOW_STALE_RESULTS=1
+    turns the failure into a skip (e.g. while changing nblib, before re-measuring)."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from nblib.runtime import source_hash
+
+    current = source_hash()
+    stale = {}
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        recorded = json.loads(path.read_text()).get("machine", {}).get("nblib_hash")
+        if recorded != current:
+            stale[path.name] = recorded
+    page = soup("book/performance").get_text(" ", strip=True)
+    if stale and os.environ.get("ALLOW_STALE_RESULTS") == "1":
+        pytest.skip(f"stale benchmark results allowed: {stale}")
+    assert not stale, (f"benchmark results measured other nblib code than the current {current}: {stale}; "
+                       "re-run `make bench` and commit benchmarks/results")
+    assert "none: every result measured the current code" in page
