@@ -2,7 +2,8 @@
 there, chapters that run code show their claims table with every claim holding, math is served locally,
 nothing leaks (tracebacks, absolute paths, the user's name, scripts from a CDN), the launch buttons point
 at this repository's main branch, every chapter can be downloaded as .md, .ipynb (executed, with its
-outputs) and printed to PDF, and every figure has an opaque background (legible in dark mode).
+outputs) and printed to PDF, every figure has an opaque background (legible in dark mode), every internal
+link and anchor resolves, and the stored benchmark results measured the current nblib.
 Run after the book build (make test does)."""
 import getpass
 import json
@@ -106,6 +107,49 @@ def test_the_claims_page_lists_every_claim_with_its_status_and_a_working_link():
                           ("own", "the book's own claims")):
         n = sum(r["status"] == status for _, r in expected)
         assert f"{n} {label}" in counts, counts
+
+
+# ----------------------------------------------------------------------------------------------- links
+
+def internal_link_problems(root):
+    """(page, url, problem) for every link, image, stylesheet or script of the HTML pages under ``root``
+    that points inside the book and does not resolve: a missing file, or a #fragment that no element of the
+    target page has as its id (or name)."""
+    from urllib.parse import unquote
+
+    pages = sorted(p for p in root.rglob("*.html") if "_static" not in p.parts)
+    parsed = {p.relative_to(root).as_posix(): BeautifulSoup(p.read_text(), "html.parser") for p in pages}
+    anchors = {rel: {t["id"] for t in s.find_all(id=True)} | {t["name"] for t in s.find_all("a", attrs={"name": True})}
+               for rel, s in parsed.items()}
+    problems = []
+    for rel, page in parsed.items():
+        for tag, attr in (("a", "href"), ("img", "src"), ("link", "href"), ("script", "src")):
+            for node in page.find_all(tag):
+                url = node.get(attr)
+                if not url or url.startswith(("mailto:", "javascript:", "data:")):
+                    continue
+                parts = urlsplit(url)
+                if parts.scheme or parts.netloc:
+                    continue                                   # external: not this check's business
+                target = unquote(urlsplit(urljoin(rel, url)).path) if parts.path else rel
+                if parts.path and not (root / target).exists():
+                    problems.append((rel, url, "no such file"))
+                elif parts.fragment and target.endswith(".html") and parts.fragment not in anchors.get(target, ()):
+                    problems.append((rel, url, f"no #{parts.fragment} on {target}"))
+    return problems
+
+
+def test_every_internal_link_and_anchor_resolves():
+    problems = internal_link_problems(HTML)
+    assert not problems, f"{len(problems)} broken internal link(s): " + "; ".join(map(str, problems[:20]))
+
+
+def test_link_check_catches_a_planted_broken_link(tmp_path):
+    (tmp_path / "a.html").write_text('<p id="here"><a href="b.html#there">b</a> <a href="#here">self</a>'
+                                     ' <a href="#gone">x</a> <img src="missing.png"> <a href="https://x.org/">e</a></p>')
+    (tmp_path / "b.html").write_text('<h1 id="elsewhere">b</h1>')
+    problems = internal_link_problems(tmp_path)
+    assert sorted(p[1] for p in problems) == ["#gone", "b.html#there", "missing.png"], problems
 
 
 # ----------------------------------------------------------------------------------------------- leaks
