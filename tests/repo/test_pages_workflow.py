@@ -1,5 +1,8 @@
 """Publishing: .github/workflows/pages.yml builds the book with `make book` and deploys exactly
-_build/html to GitHub Pages, untouched between the build and the upload."""
+_build/html to GitHub Pages, untouched between the build and the upload, with the execution cache
+restored under the key tools/cache_key.py computes. Testing: .github/workflows/test.yml runs `make test`
+(through .ci/run) on every pull request and uploads the built book, the screenshots and the execution
+reports as artifacts."""
 import subprocess
 
 import yaml
@@ -38,7 +41,7 @@ def test_builds_with_make_book_and_uploads_exactly_build_html():
     job_name, index, upload = uploads[0]
     assert upload.get("with", {}).get("path") == "_build/html"
     steps = jobs[job_name]["steps"]
-    runs = [s["run"].strip() for s in steps[:index] if "run" in s]
+    runs = [s["run"].strip() for s in steps[:index] if "run" in s and s.get("id") != "cache-key"]
     assert runs == ["make book"], f"the job must build with `make book` and nothing else: {runs}"
     assert "run" in steps[index - 1] and steps[index - 1]["run"].strip() == "make book", \
         "nothing may change _build/html between `make book` and the upload"
@@ -71,3 +74,28 @@ def test_make_book_builds_into_build_html():
     builds = [line for line in dry.stdout.splitlines() if "jupyter-book build" in line]
     assert len(builds) == 1, dry.stdout
     assert " build . " in f"{builds[0]} " and "--path-output" not in builds[0] and "--builder" not in builds[0]
+
+
+def test_pages_restores_the_execution_cache_under_the_computed_key():
+    steps = workflow()["jobs"]["build"]["steps"]
+    key = next(s for s in steps if s.get("id") == "cache-key")
+    assert "tools/cache_key.py" in key["run"] and "GITHUB_OUTPUT" in key["run"]
+    cache = next(s for s in steps if uses(s, "actions/cache"))
+    assert cache["with"]["path"] == "_build/.jupyter_cache"
+    assert cache["with"]["key"] == "${{ steps.cache-key.outputs.key }}"
+    order = [s.get("id") or s.get("name") for s in steps]
+    assert order.index("cache-key") < steps.index(cache) < order.index("Build the book")
+
+
+def test_pull_requests_run_make_test_and_upload_artifacts():
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "test.yml").read_text())
+    on = triggers(wf)
+    assert "pull_request" in on and "main" in on["push"]["branches"]
+    steps = wf["jobs"]["test"]["steps"]
+    assert any(s.get("run", "").strip() == "bash .ci/run" for s in steps)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    upload = next(s for s in steps if uses(s, "actions/upload-artifact"))
+    assert upload.get("if") == "always()"
+    paths = upload["with"]["path"].split()
+    assert {"_build/html", "_build/screenshots", "_build/html/reports"} <= set(paths)
+    assert wf["jobs"]["test"].get("timeout-minutes", 360) <= 90
