@@ -16,7 +16,7 @@ CHAPTERS := $(shell grep -l '^kernelspec:' book/*.md)
 # tools/cache_key.py hashes nblib/, requirements.lock, pyproject.toml and what is installed in the venv.
 CACHE_KEY = $(shell $(PYTHON) tools/cache_key.py --venv $(VENV))
 
-.PHONY: cache-guard venv book book-force test lint unit nbmake offset-check html-check browser-check repo-check lab bench clean
+.PHONY: axe cache-guard venv book book-force test lint unit nbmake offset-check html-check browser-check repo-check lab bench clean
 
 venv: $(STAMP)
 
@@ -83,7 +83,26 @@ browser-check: venv
 	    echo "  (sudo apt-get install chromium) or set CHROMIUM=/path/to/chromium; the browser tests skip (CI: fail)."; \
 	  fi; \
 	fi
+	@$(MAKE) --no-print-directory axe
 	$(BIN)/python -m pytest tests/browser -q
+
+# axe-core (the accessibility engine tests/browser injects into every page), pinned, from the npm
+# registry into .axe/ (no browser download). As root a missing npm is installed with apt-get.
+AXE_VERSION := 4.10.2
+axe:
+	@if [ ! -f .axe/node_modules/axe-core/axe.min.js ]; then \
+	  if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "axe: installing Debian's npm (apt-get install npm)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
+	      || echo "axe: apt-get could not install npm"; \
+	  fi; \
+	  if command -v npm >/dev/null 2>&1; then \
+	    npm install --silent --no-audit --no-fund --prefix .axe axe-core@$(AXE_VERSION); \
+	  else \
+	    echo "axe: npm is not installed: the accessibility tests skip (CI: fail)"; \
+	  fi; \
+	fi
 
 # Repository checks: Binder (repo2docker, environment.yml pins), the Pages workflow, the cache key.
 repo-check: venv

@@ -316,3 +316,13 @@ def test_stored_benchmark_results_measured_the_current_nblib():
     assert not stale, (f"benchmark results measured other nblib code than the current {current}: {stale}; "
                        "re-run `make bench` and commit benchmarks/results")
     assert "none: every result measured the current code" in page
+
+
+def test_bibliography_entries_are_list_items():
+    """The bibliography's role="list" holds role="listitem" entries (ARIA: a list contains list items)."""
+    page = soup("book/bibliography")
+    lists = page.select('[role="list"].citation-list')
+    assert lists, "no citation list on the bibliography page"
+    for lst in lists:
+        roles = {child.get("role") for child in lst.find_all(recursive=False)}
+        assert roles == {"listitem"}, roles

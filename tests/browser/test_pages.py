@@ -1,14 +1,16 @@
 """The built book in a real browser (headless Chromium over http://127.0.0.1): every page loads with no
 failed request and nothing fetched from outside, its math is typeset by the local MathJax with no raw
 TeX left, every image loads; chapters show their claims table, launch and download buttons, and print
-to PDF; a chapter in the theme's dark mode shows its figures on their own light background.
+to PDF; a chapter in the theme's dark mode shows its figures on their own light background; axe-core
+finds no serious or critical accessibility violation on any page, in light or dark mode.
 Screenshots (and the chapter PDFs) are saved to _build/screenshots/."""
 import io
+import pathlib
 import re
 from urllib.parse import urlsplit
 
 import pytest
-from bookinfo import BOOK_HTML, BRANCH, REPO_URL, chapters, toc_files
+from bookinfo import BOOK_HTML, BRANCH, REPO_URL, ROOT, chapters, skip_or_fail, toc_files
 from PIL import Image, ImageStat
 
 # Every HTML page of the book except index.html, which only redirects (tested on its own).
@@ -162,3 +164,34 @@ COUNT_TRANSPARENT_PIXELS = """() => [...document.querySelectorAll("article img")
     for (let k = 3; k < data.length; k += 4) if (data[k] < 255) transparent++;
     return {src: img.src.split('/').pop(), transparent};
   })"""
+
+
+# ----------------------------------------------------------------------------------------------- accessibility
+
+AXE_JS = ROOT / ".axe" / "node_modules" / "axe-core" / "axe.min.js"
+RUN_AXE = """async () => {
+  const r = await axe.run(document, {resultTypes: ['violations']});
+  return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+    .map(v => `${v.id} (${v.impact}): ` + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(' | '));
+}"""
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+@pytest.mark.parametrize("path", PAGES)
+def test_no_serious_accessibility_violations(new_page, load_page, server, path, dark):
+    """axe-core (the npm package, `make axe`), injected into the page, finds no serious or critical
+    violation of WCAG 2 A/AA rules, in light and in dark mode."""
+    import os
+
+    axe = pathlib.Path(os.environ.get("AXE_JS") or AXE_JS)
+    if not axe.exists():
+        skip_or_fail(f"axe-core is not installed ({axe}): run `make axe` (needs npm)")
+    page = new_page(dark)
+    try:
+        load_page(page, server + path)
+        page.wait_for_timeout(300)                       # let the theme's colour transitions finish
+        page.add_script_tag(path=str(axe))
+        problems = page.evaluate(RUN_AXE)
+    finally:
+        page.close()
+    assert not problems, f"{path} ({'dark' if dark else 'light'}): " + "; ".join(problems)
