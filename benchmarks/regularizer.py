@@ -24,6 +24,7 @@ cancels most of a noisy machine's drift. Writes benchmarks/results/regularizer.j
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import statistics
@@ -138,15 +139,16 @@ def make_torch_func(kind, model, params, X, Xm):
     return value, lambda: nblib.implicit_regularizer_and_grad(model, params, X, fast=False), None
 
 
-def make_backpack(kind, model, params, X, Xm):
+def backpack_fns(net, X, grads_as):
+    """(value, with_grad) of reg by BackPACK's BatchL2Grad on an extended module; ∇reg via create_graph,
+    its parameter gradients mapped to the reference's names by ``grads_as(list)``."""
     from backpack import backpack
     from backpack.extensions import BatchL2Grad
-    net = backpack_module(kind, params)
 
     def run(create_graph):
         net.zero_grad(set_to_none=True)
         with backpack(BatchL2Grad()):
-            net(Xm).sum().backward(create_graph=create_graph)
+            net(X).sum().backward(create_graph=create_graph)
         return sum(p.batch_l2 for p in net.parameters()).mean()
 
     def with_grad():
@@ -155,22 +157,36 @@ def make_backpack(kind, model, params, X, Xm):
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(net.parameters(), grads)]
         for p in net.parameters():        # break the parameter ↔ .grad reference cycle of create_graph
             p.grad = None
-        return reg.detach(), module_grads_as_params(kind, net, grads)
-    return lambda: run(False).detach(), with_grad, None
+        return reg.detach(), grads_as(grads)
+    return lambda: run(False).detach(), with_grad
 
 
-def make_opacus(kind, model, params, X, Xm):
+def opacus_value(base, X):
+    """reg from Opacus' per-sample gradients (value only)."""
     from opacus import GradSampleModule
-    base = mlp_module(params) if kind == "mlp" else TwoLayerReLU(params)
     net = GradSampleModule(base, loss_reduction="sum")
 
     def value():
         net.zero_grad(set_to_none=True)
         for p in net.parameters():
             p.grad_sample = None
-        net(Xm).sum().backward()
+        net(X).sum().backward()
         return sum(p.grad_sample.pow(2).reshape(p.grad_sample.shape[0], -1).sum(1) for p in net.parameters()).mean()
-    return value, None, "Opacus computes per-sample gradients, not their derivative"
+    return value
+
+
+OPACUS_WHY = "Opacus computes per-sample gradients, not their derivative"
+
+
+def make_backpack(kind, model, params, X, Xm):
+    net = backpack_module(kind, params)
+    value, with_grad = backpack_fns(net, Xm, lambda grads: module_grads_as_params(kind, net, grads))
+    return value, with_grad, None
+
+
+def make_opacus(kind, model, params, X, Xm):
+    base = mlp_module(params) if kind == "mlp" else TwoLayerReLU(params)
+    return opacus_value(base, Xm), None, OPACUS_WHY
 
 
 METHODS = {
@@ -203,6 +219,23 @@ def block_time(fn, budget):
     return (time.perf_counter() - start) / reps
 
 
+def timed_rows(kind, n, timed, errors, rounds, budget, slow=()):
+    """Time every method in interleaved rounds (``slow`` ones on a fifth of the budget) and report each as
+    the median over rounds of its time ÷ the floor's in the same round; the floor's own row last."""
+    times = {key: [] for key in timed}
+    for _ in range(rounds):
+        for key, fn in timed.items():
+            times[key].append(block_time(fn, budget * (0.2 if key != "floor" and key[0] in slow else 1)))
+    floor_times = times.pop("floor")
+    rows = [dict(model=kind, n=n, method=name, quantity=quantity, status="ok", seconds=statistics.median(ts),
+                 ratio_to_floor=statistics.median(t / f for t, f in zip(ts, floor_times)),
+                 rel_error_vs_reference=errors[(name, quantity)])
+            for (name, quantity), ts in times.items()]
+    rows.append(dict(model=kind, n=n, method="floor: forward+backward of the loss", quantity="loss+grad",
+                     status="ok", seconds=statistics.median(floor_times), ratio_to_floor=1.0))
+    return rows
+
+
 def bench(kind, n, rounds, budget):
     model, params, X, Xm, net = problem(kind, n)
     floor = floor_fn(net, Xm)
@@ -227,19 +260,7 @@ def bench(kind, n, rounds, budget):
                 why = f"its gradient disagrees with nblib's (relative error {err:.1e})"
         if (name, "reg+grad") not in timed:
             rows.append(dict(model=kind, n=n, method=name, quantity="reg+grad", status=f"unsupported: {why}"))
-    times = {key: [] for key in timed}
-    for _ in range(rounds):
-        for key, fn in timed.items():
-            slow = key != "floor" and key[0] == "per-example loop"
-            times[key].append(block_time(fn, budget * (0.2 if slow else 1)))
-    floor_times = times.pop("floor")
-    for (name, quantity), ts in times.items():
-        ratios = [t / f for t, f in zip(ts, floor_times)]
-        rows.append(dict(model=kind, n=n, method=name, quantity=quantity, status="ok",
-                         seconds=statistics.median(ts), ratio_to_floor=statistics.median(ratios),
-                         rel_error_vs_reference=errors[(name, quantity)]))
-    rows.append(dict(model=kind, n=n, method="floor: forward+backward of the loss", quantity="loss+grad",
-                     status="ok", seconds=statistics.median(floor_times), ratio_to_floor=1.0))
+    rows += timed_rows(kind, n, timed, errors, rounds, budget, slow=("per-example loop",))
     return rows
 
 
@@ -271,40 +292,11 @@ def module_methods(kind, net, X):
                                   lambda: nblib.implicit_regularizer_and_grad(net, X, fast=False), None),
     }
     if importlib.util.find_spec("backpack") is not None:
-        import copy
-
-        from backpack import backpack, extend
-        from backpack.extensions import BatchL2Grad
-        bp = extend(copy.deepcopy(net))
-
-        def run(create_graph):
-            bp.zero_grad(set_to_none=True)
-            with backpack(BatchL2Grad()):
-                bp(X).sum().backward(create_graph=create_graph)
-            return sum(p.batch_l2 for p in bp.parameters()).mean()
-
-        def with_grad():
-            reg = run(True)
-            grads = torch.autograd.grad(reg, list(bp.parameters()), allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(bp.parameters(), grads)]
-            for p in bp.parameters():
-                p.grad = None
-            return reg.detach(), dict(zip(names, grads))
-        out["BackPACK BatchL2Grad"] = (lambda: run(False).detach(), with_grad, None)
+        from backpack import extend
+        value, with_grad = backpack_fns(extend(copy.deepcopy(net)), X, lambda g: dict(zip(names, g)))
+        out["BackPACK BatchL2Grad"] = (value, with_grad, None)
     if importlib.util.find_spec("opacus") is not None:
-        import copy
-
-        from opacus import GradSampleModule
-        gs = GradSampleModule(copy.deepcopy(net), loss_reduction="sum")
-
-        def value():
-            gs.zero_grad(set_to_none=True)
-            for p in gs.parameters():
-                p.grad_sample = None
-            gs(X).sum().backward()
-            return sum(p.grad_sample.pow(2).reshape(p.grad_sample.shape[0], -1).sum(1)
-                       for p in gs.parameters()).mean()
-        out["Opacus GradSampleModule"] = (value, None, "Opacus computes per-sample gradients, not their derivative")
+        out["Opacus GradSampleModule"] = (opacus_value(copy.deepcopy(net), X), None, OPACUS_WHY)
     return out
 
 
@@ -335,18 +327,7 @@ def bench_module(kind, n, rounds, budget):
                 why = f"its gradient disagrees with the reference (relative error {err:.1e})"
         if (name, "reg+grad") not in timed:
             rows.append(dict(model=kind, n=n, method=name, quantity="reg+grad", status=f"unsupported: {why}"))
-    times = {key: [] for key in timed}
-    for _ in range(rounds):
-        for key, fn in timed.items():
-            times[key].append(block_time(fn, budget))
-    floor_times = times.pop("floor")
-    for (name, quantity), ts in times.items():
-        rows.append(dict(model=kind, n=n, method=name, quantity=quantity, status="ok",
-                         seconds=statistics.median(ts),
-                         ratio_to_floor=statistics.median(t / f for t, f in zip(ts, floor_times)),
-                         rel_error_vs_reference=errors[(name, quantity)]))
-    rows.append(dict(model=kind, n=n, method="floor: forward+backward of the loss", quantity="loss+grad",
-                     status="ok", seconds=statistics.median(floor_times), ratio_to_floor=1.0))
+    rows += timed_rows(kind, n, timed, errors, rounds, budget)
     return rows
 
 
