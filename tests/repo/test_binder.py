@@ -48,7 +48,7 @@ def environment_pins():
 
 def lock_pins():
     return dict(parse_pin(line) for line in (ROOT / "requirements.lock").read_text().splitlines()
-                if line.strip() and not line.startswith("#"))
+                if line.strip() and not line.lstrip().startswith("#"))
 
 
 def pyproject():
@@ -59,7 +59,7 @@ def pyproject_pins(*groups):
     project = pyproject()["project"]
     specs = list(project["dependencies"]) if "main" in groups else []
     for group in groups:
-        specs += project.get("optional-dependencies", {}).get(group, [])
+        specs += pyproject().get("dependency-groups", {}).get(group, [])
     return dict(parse_pin(s) for s in specs)
 
 

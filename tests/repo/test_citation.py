@@ -1,13 +1,22 @@
 """LICENSE, CITATION.cff and CONTRIBUTING.md: present, consistent with pyproject and the book's
-repository, and linked from README. CITATION.cff is checked against the required fields and types of the
-Citation File Format 1.2.0 (cff-version, message, title, authors; person or entity authors; SPDX
-licenses; an ISO date), not against the full JSON schema."""
+repository, and linked from README. CITATION.cff is validated against the Citation File Format 1.2.0
+JSON schema, as shipped inside the cffconvert wheel on PyPI (CFF_SCHEMA_WHEEL: downloaded by pip at
+test time, no dependency installed; jsonschema validates), and its required fields are checked by hand
+as well."""
 import datetime
+import json
 import re
+import subprocess
+import sys
 import tomllib
+import zipfile
 
+import pytest
 import yaml
-from bookinfo import REPO_URL, ROOT
+from bookinfo import REPO_URL, ROOT, skip_or_fail
+
+CFF_SCHEMA_WHEEL = "cffconvert==2.0.0"
+CFF_SCHEMA_IN_WHEEL = "cffconvert/schemas/1.2.0/schema.json"
 
 SPDX = {"MIT", "CC-BY-4.0"}
 
@@ -28,6 +37,37 @@ def test_citation_has_the_required_fields_of_cff_1_2():
     assert isinstance(datetime.date.fromisoformat(str(c["date-released"])), datetime.date)
     for ref in c.get("references", []):
         assert ref["type"] and ref["title"] and ref["authors"], ref
+
+
+@pytest.fixture(scope="module")
+def cff_schema(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cff-schema")
+    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder),
+                          CFF_SCHEMA_WHEEL], capture_output=True, text=True, timeout=300)
+    wheels = list(folder.glob("*.whl"))
+    if run.returncode != 0 or not wheels:
+        skip_or_fail(f"could not download {CFF_SCHEMA_WHEEL} (the CFF schema) from PyPI: {run.stderr[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        return json.loads(wheel.read(CFF_SCHEMA_IN_WHEEL))
+
+
+def test_citation_is_valid_against_the_cff_1_2_0_schema(cff_schema):
+    import jsonschema
+    assert cff_schema["$id"].startswith("https://citation-file-format.github.io/1.2.0/schema")
+    # the schema's own note: YAML dates are validated as strings
+    doc = json.loads(json.dumps(cff(), default=str))
+    validator = jsonschema.Draft7Validator(cff_schema, format_checker=jsonschema.FormatChecker())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    assert not errors, errors
+
+
+def test_the_schema_check_catches_a_broken_citation(cff_schema):
+    import jsonschema
+    broken = {**json.loads(json.dumps(cff(), default=str)), "license": "MIT-ish", "date-released": "2026-13-01"}
+    broken["authors"] = [{"nickname": "no name"}]
+    errors = list(jsonschema.Draft7Validator(cff_schema).iter_errors(broken))
+    paths = {e.absolute_path[0] for e in errors if e.absolute_path}
+    assert {"license", "date-released", "authors"} <= paths, paths
 
 
 def test_citation_agrees_with_pyproject_license_and_repository():
