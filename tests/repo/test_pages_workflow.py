@@ -1,8 +1,8 @@
-"""Publishing: .github/workflows/pages.yml builds the book with `make book` and deploys exactly
-_build/html to GitHub Pages, untouched between the build and the upload, with the execution cache
-restored under the key tools/cache_key.py computes. Testing: .github/workflows/test.yml runs `make test`
-(through .ci/run) on every pull request and uploads the built book, the screenshots and the execution
-reports as artifacts."""
+"""Publishing: .github/workflows/pages.yml builds the book and its PDF with `make book` and deploys
+exactly _build/html (book.pdf included) to GitHub Pages, untouched between the build and the upload,
+with the execution cache restored under the key tools/cache_key.py computes. Testing:
+.github/workflows/test.yml runs `make test` (through .ci/run) on every pull request and uploads the
+built book, the screenshots and the execution reports as artifacts."""
 import subprocess
 
 import yaml
@@ -45,8 +45,8 @@ def test_builds_with_make_book_and_uploads_exactly_build_html():
     assert runs == ["make book"], f"the job must build with `make book` and nothing else: {runs}"
     assert "run" in steps[index - 1] and steps[index - 1]["run"].strip() == "make book", \
         "nothing may change _build/html between `make book` and the upload"
-    setup = [s for s in steps if uses(s, "actions/setup-python")]
-    assert setup and str(setup[0]["with"]["python-version"]) == "3.11"
+    # Debian as root, as test.yml: make book installs Debian's chromium for the whole-book PDF
+    assert jobs[job_name].get("container") == "python:3.11-bookworm"
 
 
 def test_deploys_the_uploaded_artifact():
