@@ -326,3 +326,14 @@ def test_bibliography_entries_are_list_items():
     for lst in lists:
         roles = {child.get("role") for child in lst.find_all(recursive=False)}
         assert roles == {"listitem"}, roles
+
+
+@pytest.mark.parametrize("doc", chapters())
+def test_every_figure_has_alt_text_that_says_what_it_shows(doc):
+    """Every image of a chapter has alt text of at least a few words (the cell's mystnb.image.alt),
+    not the file name myst-nb falls back to."""
+    for img in soup(doc).select("article.bd-article img"):
+        alt = (img.get("alt") or "").strip()
+        where = f"{doc}: image {img.get('src', '')[:60]}"
+        assert len(alt.split()) >= 6, f"{where} has alt text {alt[:60]!r}"
+        assert "_images" not in alt and not alt.lower().endswith((".png", ".svg")), f"{where}: {alt[:60]!r}"
