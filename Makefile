@@ -17,7 +17,7 @@ CHAPTERS := $(shell grep -l '^kernelspec:' book/*.md)
 # tools/cache_key.py hashes nblib/, requirements.lock, pyproject.toml and what is installed in the venv.
 CACHE_KEY = $(shell $(PYTHON) tools/cache_key.py --venv $(VENV))
 
-.PHONY: axe chromium cache-guard venv lock book book-force pdf test lint unit nbmake offset-check html-check \
+.PHONY: axe system-packages cache-guard venv lock book book-force pdf test lint unit nbmake offset-check html-check \
   browser-check repo-check lab bench clean
 
 venv: $(STAMP)
@@ -54,14 +54,14 @@ cache-guard:
 
 book: venv cache-guard
 	$(BIN)/jupyter-book build . -W --keep-going
-	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory system-packages
 	$(BIN)/python tools/book_pdf.py $(PDF_IF_BROWSER)
 
 # Re-execute every chapter, whatever the cache holds (used by make test).
 book-force: venv
 	rm -rf _build/.jupyter_cache _build/html _build/jupyter_execute _build/.doctrees _build/pdf
 	$(BIN)/jupyter-book build . -W --keep-going
-	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory system-packages
 	$(BIN)/python tools/book_pdf.py $(PDF_IF_BROWSER)
 
 # ruff (pinned; settings in pyproject.toml) on the Python files, and on the chapters' code cells with the
@@ -88,26 +88,33 @@ offset-check: venv
 	  --nbmake-timeout=900 --overwrite -q -p no:cacheprovider *.ipynb
 
 # html-check compares the glued numbers of the two clean executions (.nbmake and the forced build).
-html-check: venv
+html-check: venv system-packages
 	OFFSET_DIR=$(OFFSET_DIR) TEST_SEED_OFFSET=$(TEST_SEED_OFFSET) $(BIN)/python -m pytest tests/book -q
 
-# Debian's chromium for the browser tests and the PDF. As root a missing chromium is installed with
-# apt-get; otherwise say how (the browser tests skip, or fail when CI is set; make pdf fails).
-chromium:
-	@if ! command -v "$${CHROMIUM:-chromium}" >/dev/null 2>&1; then \
+# Debian packages that make book and make test need, each with what shows it is there (a command on
+# PATH, or a file): chromium (the PDF, the browser tests), poppler-utils (pdftoppm renders the PDF's pages
+# for tests/book) and npm (installs axe-core for the accessibility tests). As root, the missing ones are
+# installed with one apt-get; otherwise this says which and how (README, "System packages"), and the
+# checks that need them skip (or fail, when CI is set). CHROMIUM=/path/to/chromium stands in for chromium.
+DEBIAN_NEEDS := chromium:$${CHROMIUM:-chromium} poppler-utils:pdftoppm npm:npm
+system-packages:
+	@missing=""; for need in $(DEBIAN_NEEDS); do pkg=$${need%%:*}; probe=$${need#*:}; \
+	  if [ "$${probe#/}" != "$$probe" ]; then [ -e "$$probe" ] && continue; \
+	  else command -v "$$probe" >/dev/null 2>&1 && continue; fi; missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium (apt-get install chromium)"; \
+	    echo "installing Debian packages:$$missing (apt-get install)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-	      || echo "apt-get could not install chromium"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	      || echo "apt-get could not install:$$missing"; \
 	  else \
-	    echo "chromium is not installed and this is not root: install it"; \
-	    echo "  (sudo apt-get install chromium) or set CHROMIUM=/path/to/chromium"; \
+	    echo "missing Debian packages:$$missing, and this is not root: install them with"; \
+	    echo "  sudo apt-get install$$missing   (README, 'System packages', says how without root)"; \
 	  fi; \
 	fi
 
 # Every page in headless Chromium (Debian's chromium, Python playwright; no browser download).
-browser-check: venv chromium
+browser-check: venv system-packages
 	@$(MAKE) --no-print-directory axe
 	$(BIN)/python -m pytest tests/browser -q
 
@@ -116,21 +123,15 @@ browser-check: venv chromium
 # make book and book-force end with it; without chromium (and not as root) they warn and leave it out,
 # except under CI, where that is an error.
 PDF_IF_BROWSER := $(if $(CI),,--skip-without-browser)
-pdf: venv chromium
+pdf: venv system-packages
 	@test -f _build/html/index.html || $(MAKE) --no-print-directory book
 	$(BIN)/python tools/book_pdf.py
 
 # axe-core (the accessibility engine tests/browser injects into every page), pinned, from the npm
-# registry into .axe/ (no browser download). As root a missing npm is installed with apt-get.
+# registry into .axe/ (no browser download); npm comes from system-packages.
 AXE_VERSION := 4.10.2
-axe:
+axe: system-packages
 	@if [ ! -f .axe/node_modules/axe-core/axe.min.js ]; then \
-	  if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "axe: installing Debian's npm (apt-get install npm)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
-	      || echo "axe: apt-get could not install npm"; \
-	  fi; \
 	  if command -v npm >/dev/null 2>&1; then \
 	    npm install --silent --no-audit --no-fund --prefix .axe axe-core@$(AXE_VERSION); \
 	  else \
@@ -139,10 +140,10 @@ axe:
 	fi
 
 # Repository checks: Binder (repo2docker, environment.yml pins), the Pages workflow, the cache key.
-repo-check: venv
+repo-check: venv system-packages
 	$(BIN)/python -m pytest tests/repo -q
 
-test: lint unit nbmake offset-check book-force html-check browser-check repo-check
+test: system-packages lint unit nbmake offset-check book-force html-check browser-check repo-check
 
 lab: venv
 	$(BIN)/jupyter lab book/

@@ -109,7 +109,8 @@ def test_no_raw_tex_and_no_local_links(book, chapter_pages):
 def test_pages_render_and_are_not_blank(book, tmp_path):
     exe = shutil.which("pdftoppm")
     if exe is None:
-        skip_or_fail("pdftoppm not found: install Debian's poppler-utils")
+        skip_or_fail("pdftoppm not found: install Debian's poppler-utils (as root `make system-packages` "
+                     "does it; README, 'System packages')")
     firsts = sorted({p for _, p in outline_pages(book)})
     for page in firsts:
         out = tmp_path / f"p{page}"

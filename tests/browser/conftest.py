@@ -60,7 +60,7 @@ def browser():
         skip_or_fail("Python playwright is not installed (it is pinned in requirements.lock: make venv)")
     exe = chromium_path()
     if exe is None:
-        skip_or_fail("chromium not found: install Debian's chromium (as root `make browser-check` does it: "
+        skip_or_fail("chromium not found: install Debian's chromium (as root `make system-packages` does it: "
                      "apt-get install chromium) or set CHROMIUM=/path/to/chromium")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
