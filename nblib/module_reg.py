@@ -6,16 +6,14 @@ for a model with k outputs per example (h(X): [n] or [n, k]); the sum over k is 
 noise on each output gives (k = 1: Blanc et al.'s reg). Examples must not interact: a BatchNorm layer in
 training mode (anything that mixes the batch) raises ValueError; call ``module.eval()`` first.
 
-The fast path needs no per-example gradient of any covered layer. For each output k one backward pass of
-Σ_i h_k(x_i) gives every covered layer's output gradient g = ∂h_k(x_i)/∂z (examples are independent), and
-its input a was recorded on the forward pass. Per example (positions t: sequence steps, conv patches, or
-repeated calls of the same layer):
-
-    nn.Linear       ‖∇_W h‖² = Σ_{t,t'} (g_t·g_t')(a_t·a_t')   (one position: ‖g‖² ‖a‖²), ‖∇_b h‖² = ‖Σ_t g_t‖²
-    nn.Conv1d/2d    the same with a_t the unfolded input patch at output position t, or the unfolded
-                    per-example gradient Σ_t g_t a_tᵀ, whichever takes fewer products for the shapes
-    nn.Embedding    ‖∇_E h‖² = Σ_{t,t'} [i_t = i_t'] (g_t·g_t')   (i_t the token at position t)
-    nn.LayerNorm    ‖∇_γ h‖² = ‖Σ_t g_t ⊙ x̂_t‖², ‖∇_β h‖² = ‖Σ_t g_t‖²   (x̂ the normalized input)
+The fast path needs no per-example gradient of any layer a rule covers. For each output k one backward
+pass of Σ_i h_k(x_i) gives every covered layer's output gradient g = ∂h_k(x_i)/∂z (examples are
+independent), and its input a was recorded on the forward pass; the layer's rule turns them into
+Σ ‖∇_θ h_k(x_i)‖² over its own parameters, per example, with positions t (sequence steps, conv patches, or
+repeated calls of the same layer) summed inside (e.g. nn.Linear: ‖∇_W h‖² = Σ_{t,t'} (g_t·g_t')(a_t·a_t')).
+The rules live in ``nblib/rules``, one file per layer type (Linear, Conv1d/2d, Embedding, LayerNorm), each
+with its formula; a new layer type is one new file there with a ``Rule`` subclass under
+``@register(LayerType)``.
 
 A rule applies only when the layer's own calls are the only uses of its parameters in the autograd
 graph (a weight tied to another layer, or used directly elsewhere, sends that layer to the generic path).
@@ -33,12 +31,10 @@ the generic path loop over examples (exact, slower).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.utils import parametrize
 
-COVERED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LayerNorm)
+from . import rules
 
 
 # ----------------------------------------------------------------------------- checks
@@ -65,98 +61,9 @@ def _outputs(out: torch.Tensor, n: int) -> torch.Tensor:
     return out.reshape(n, -1)
 
 
-def _covered(m: nn.Module) -> bool:
-    """Whether a layer's parameters follow a per-layer rule."""
-    if not isinstance(m, COVERED) or parametrize.is_parametrized(m):
-        return False
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-    if isinstance(m, nn.Embedding):
-        return m.max_norm is None and not m.scale_grad_by_freq
-    if isinstance(m, nn.LayerNorm):
-        return m.elementwise_affine
-    return True
-
-
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
 if hasattr(nn, "RMSNorm"):
     NORMS = NORMS + (nn.RMSNorm,)
-
-
-def _normalized(m, a):
-    """LayerNorm's x̂ (no affine) as [n, T, D]."""
-    xh = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
-    return xh.reshape(a.shape[0], -1, _size(m))
-
-
-def _size(m):
-    out = 1
-    for d in m.normalized_shape:
-        out *= d
-    return out
-
-
-# ----------------------------------------------------------------------------- the per-layer rules
-
-
-def _gram_rule(a, g):
-    """Σ_{t,t'} (g_t·g_t')(a_t·a_t') per example, a: [n, T, p], g: [n, T, q], by the cheaper route."""
-    n, T, p = a.shape
-    q = g.shape[-1]
-    if T == 1:
-        return (g[:, 0] ** 2).sum(-1) * (a[:, 0] ** 2).sum(-1)
-    if T * T * (p + q) < T * p * q + p * q:                          # Gram matrices
-        return ((g @ g.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum((1, 2))
-    return (torch.einsum("ntq,ntp->nqp", g, a) ** 2).sum((1, 2))      # per-example gradient
-
-
-def _patches(m, a):
-    """Conv input [n, C, *spatial] → unfolded patches [n, T, C·kernel] at the T output positions."""
-    if isinstance(m, nn.Conv1d):
-        a = a.unsqueeze(2)
-        kernel, dil, pad, stride = (1, *m.kernel_size), (1, *m.dilation), (0, *m.padding), (1, *m.stride)
-    else:
-        kernel, dil, pad, stride = m.kernel_size, m.dilation, m.padding, m.stride
-    return F.unfold(a, kernel, dilation=dil, padding=pad, stride=stride).transpose(1, 2)
-
-
-def _features(m, inputs):
-    """What a layer's rule needs of its calls' inputs, once for all outputs k: [n, T, ·] (or indices [n, T])."""
-    if isinstance(m, nn.Embedding):
-        return torch.cat([i.reshape(i.shape[0], -1) for i in inputs], 1)
-    if isinstance(m, nn.LayerNorm):
-        return torch.cat([_normalized(m, x) for x in inputs], 1)
-    if isinstance(m, nn.Linear):
-        return torch.cat([x.reshape(x.shape[0], -1, m.in_features) for x in inputs], 1)
-    return torch.cat([_patches(m, x) for x in inputs], 1)
-
-
-def _layer_terms(m, feat, grads):
-    """Σ over m's parameters of ‖∇ h(x_i)‖² per example [n], from the layer's input features and its calls'
-    output gradients."""
-    n = feat.shape[0]
-    if isinstance(m, nn.Embedding):
-        if not m.weight.requires_grad:
-            return 0.0
-        g = torch.cat([x.reshape(n, -1, m.embedding_dim) for x in grads], 1)      # [n, T, D]
-        if m.padding_idx is not None:
-            g = g * (feat != m.padding_idx).unsqueeze(-1)
-        same = (feat.unsqueeze(2) == feat.unsqueeze(1)).to(g.dtype)
-        return (same * (g @ g.transpose(1, 2))).sum((1, 2))
-    if isinstance(m, nn.LayerNorm):
-        g = torch.cat([x.reshape(n, -1, _size(m)) for x in grads], 1)
-        out = ((g * feat).sum(1) ** 2).sum(-1) if m.weight is not None and m.weight.requires_grad else 0.0
-        if m.bias is not None and m.bias.requires_grad:
-            out = out + (g.sum(1) ** 2).sum(-1)
-        return out
-    if isinstance(m, nn.Linear):
-        g = torch.cat([x.reshape(n, -1, m.out_features) for x in grads], 1)
-    else:
-        g = torch.cat([x.reshape(n, m.out_channels, -1).transpose(1, 2) for x in grads], 1)
-    out = _gram_rule(feat, g) if m.weight.requires_grad else 0.0
-    if m.bias is not None and m.bias.requires_grad:
-        out = out + (g.sum(1) ** 2).sum(-1)
-    return out
 
 
 def _graph_uses(out: torch.Tensor, params) -> dict[int, int]:
@@ -214,8 +121,10 @@ def _generic_sq_norms(module, X, names, create_graph):
 def _sq_norms(module, X, *, fast, create_graph):
     check_module(module)
     trainable = {k for k, p in module.named_parameters() if p.requires_grad}
-    layers = {name: m for name, m in module.named_modules()
-              if fast and _covered(m) and any(p.requires_grad for p in m.parameters())}
+    named = dict(module.named_modules()) if fast else {}
+    rule = {name: r for name, m in named.items()
+            if (r := rules.rule_for(m)) is not None and any(p.requires_grad for p in m.parameters())}
+    layers = {name: named[name] for name in rule}
     inputs = {name: [] for name in layers}
     outputs = {name: [] for name in layers}
 
@@ -240,7 +149,7 @@ def _sq_norms(module, X, *, fast, create_graph):
                for pn, p in layers[ln].named_parameters(recurse=False) if p.requires_grad}
     total = torch.zeros(X.shape[0], dtype=h.dtype, device=h.device)
     zs = [z for name in used for z in outputs[name]]
-    feats = {name: _features(layers[name], inputs[name]) for name in used}
+    feats = {name: rule[name].features(layers[name], inputs[name]) for name in used}
     for k in range(h.shape[1] if used else 0):
         gz = torch.autograd.grad(h[:, k].sum(), zs, retain_graph=True, create_graph=create_graph,
                                  allow_unused=True)
@@ -248,7 +157,7 @@ def _sq_norms(module, X, *, fast, create_graph):
         j = 0
         for name in used:
             c = len(outputs[name])
-            total = total + _layer_terms(layers[name], feats[name], gz[j:j + c])
+            total = total + rule[name].sq_norms(layers[name], feats[name], gz[j:j + c])
             j += c
     return total + _generic_sq_norms(module, X, sorted(trainable - covered), create_graph)
 

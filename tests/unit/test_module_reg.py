@@ -1,12 +1,16 @@
-"""The regularizer of any nn.Module: the per-layer rules (Linear, Conv1d, Conv2d, Embedding) and the
-torch.func path for everything else, against a per-example autograd loop in float64 (relative error
-< 1e-10), ∇reg against the reference's double backward, the definition for k outputs, and clear errors."""
+"""The regularizer of any nn.Module: the per-layer rules of nblib/rules (Linear, Conv1d, Conv2d, Embedding,
+LayerNorm; every registered rule exercised, a new layer type added by one registration) and the torch.func
+path for everything else, against a per-example autograd loop in float64 (relative error < 1e-10), ∇reg
+against the reference's double backward, the definition for k outputs, and clear errors."""
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize, parametrizations
 
 import nblib
+from nblib import module_reg
 from nblib.module_reg import module_regularizer_and_grad, module_sq_grad_norms, reference_sq_grad_norms
+from nblib.rules import Rule, register, registered, rule_for
 
 DT = torch.float64
 
@@ -175,3 +179,118 @@ def test_errors_are_clear():
     frozen = nn.Linear(3, 1).to(DT).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         nblib.implicit_regularizer(frozen, X)
+
+
+# ----------------------------------------------------------------------------- the rule registry
+
+# a test model for each registered layer type: (name in models(), the layer's name in that model)
+RULE_MODELS = {nn.Linear: ("sequence", "0"), nn.Conv1d: ("conv1d", "0"), nn.Conv2d: ("cnn", "0"),
+               nn.Embedding: ("embedding", "emb"), nn.LayerNorm: ("embedding", "norm")}
+
+
+@pytest.fixture
+def generic_names(monkeypatch):
+    """The parameter names module_reg sends to the generic torch.func path, call after call."""
+    seen = []
+    original = module_reg._generic_sq_norms
+
+    def record(module, X, names, create_graph):
+        seen.extend(names)
+        return original(module, X, names, create_graph)
+
+    monkeypatch.setattr(module_reg, "_generic_sq_norms", record)
+    return seen
+
+
+def _assert_matches_reference(model, X):
+    out, ref = module_sq_grad_norms(model, X), reference_sq_grad_norms(model, X)
+    assert out.shape == ref.shape == (X.shape[0],)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-10
+
+
+def _own_names(model, layer_name):
+    return {f"{layer_name}.{k}" for k, p in model.get_submodule(layer_name).named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("layer_type", sorted(registered(), key=lambda t: t.__name__), ids=lambda t: t.__name__)
+def test_every_registered_rule_matches_the_per_example_loop(layer_type, generic_names):
+    if layer_type not in RULE_MODELS:
+        pytest.fail(f"no test model for the rule of {layer_type.__name__}: add one to RULE_MODELS")
+    name, layer_name = RULE_MODELS[layer_type]
+    model, X = _cast(*models()[name])
+    layer = model.get_submodule(layer_name)
+    assert type(layer) is layer_type and rule_for(layer) is registered()[layer_type]
+    _assert_matches_reference(model, X)
+    assert not _own_names(model, layer_name) & set(generic_names)      # the rule, not torch.func, did them
+
+
+class Scale(nn.Module):
+    """x * w over the last axis, a layer no rule of nblib knows."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+@pytest.fixture
+def scale_rule():
+    """A rule for Scale, registered for one test: z_t = w ⊙ x_t, ‖∇_w h‖² = ‖Σ_t g_t ⊙ x_t‖²."""
+
+    @register(Scale)
+    class ScaleRule(Rule):
+        def features(self, m, inputs):
+            return torch.cat([x.reshape(x.shape[0], -1, m.weight.shape[0]) for x in inputs], 1)
+
+        def sq_norms(self, m, feat, grads):
+            if not m.weight.requires_grad:
+                return 0.0
+            g = torch.cat([x.reshape(feat.shape[0], -1, m.weight.shape[0]) for x in grads], 1)
+            return ((g * feat).sum(1) ** 2).sum(-1)
+
+    yield registered()[Scale]
+    registered().pop(Scale)
+
+
+def test_a_new_layer_type_is_one_registration(scale_rule, generic_names):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 4), Scale(4), nn.Tanh(), nn.Linear(4, 2), nn.Flatten(1)).to(DT)
+    X = torch.randn(6, 5, 3, dtype=DT)
+    assert rule_for(model[1]) is scale_rule
+    _assert_matches_reference(model, X)
+    assert generic_names == []                       # Scale's weight "1.weight" included: all went by rules
+    reg_ref, grad_ref = _reference_reg_and_grad(model, X)
+    reg, grads = module_regularizer_and_grad(model, X)
+    assert abs(float(reg - reg_ref)) < 1e-10 * float(reg_ref)
+    for (k, g), r in zip(grads.items(), grad_ref):
+        assert float((g - r).abs().max()) <= 1e-10 * (1 + float(r.abs().max())), k
+
+
+def test_the_registration_does_not_outlive_its_test():
+    assert Scale not in registered() and rule_for(Scale(3)) is None
+
+
+class _MyLinear(nn.Linear):
+    """A subclass: found through type(m).__mro__."""
+
+
+class _Double(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def test_rule_lookup_follows_subclasses_not_parametrizations(generic_names):
+    assert rule_for(_MyLinear(3, 2)) is registered()[nn.Linear]
+    assert rule_for(parametrizations.weight_norm(nn.Linear(3, 2))) is None
+    lin = nn.Linear(3, 2)
+    parametrize.register_parametrization(lin, "weight", _Double())
+    assert rule_for(lin) is None
+    for m in (nn.Conv1d(2, 4, 3, groups=2), nn.Conv2d(2, 2, 3, padding="same"), nn.Embedding(5, 2, max_norm=1.0),
+              nn.LayerNorm(3, elementwise_affine=False), nn.Tanh()):
+        assert rule_for(m) is None, m
+    torch.manual_seed(3)
+    model = nn.Sequential(_MyLinear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(DT)
+    _assert_matches_reference(model, torch.randn(5, 3, dtype=DT))
+    assert generic_names == []
