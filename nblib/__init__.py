@@ -10,6 +10,7 @@ book's ledger and figures (claims, style, plots) and one module per chapter topi
 matrix_sensing, weight_norm, path_sgd) above. Nothing below imports anything above.
 """
 from .claims import ClaimFailed, Ledger, glue
+from .module_chains import stack_modules
 from .label_noise import full_data_loss, implicit_lambda, label_noise_sgd, regularized_gd
 from .seeds import book_seeds, seed_offset, substream
 from .regularizer import (ClosedForm, closed_form_of, implicit_regularizer, implicit_regularizer_and_grad,
@@ -21,6 +22,7 @@ __all__ = [
     "ClaimFailed", "ClosedForm", "COLORS", "DivergenceError", "Ledger", "Trajectory", "closed_form_of",
     "full_data_loss", "glue", "implicit_lambda", "implicit_regularizer",
     "implicit_regularizer_and_grad", "label_noise_sgd",
-    "per_example_grads", "per_example_sq_grad_norms", "regularized_gd", "use_book_style", "with_closed_form",
+    "per_example_grads", "per_example_sq_grad_norms", "regularized_gd", "stack_modules", "use_book_style",
+    "with_closed_form",
     "book_seeds", "seed_offset", "substream",
 ]

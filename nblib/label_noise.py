@@ -14,6 +14,13 @@ tensor computation: parameters carry a leading chain dimension C. A model with a
 (``nblib.regularizer``) gets the closed-form batched step (``compile=True`` fuses it with torch.compile);
 any other model the torch.func step (vmap over chains and examples, grad).
 
+The model is a function h(params, x) with one scalar output per example, or any ``torch.nn.Module``
+with k outputs per example (module(X): [n] or [n, k]; y of the same shape, and the loss sums over the
+outputs, ‖h(x_i; θ) − y_i − σZ_i‖² with independent noise on each). A module's chains run through
+``nblib.module_chains``: stacked parameters, vmapped forward passes, and reg per chain from the
+per-layer rules. With ``per_chain_data=True``, X [C, n, *x] and y [C, n(, k)] give every chain its own
+data set (replicates on different splits).
+
 Randomness: ``seed`` (one int) drives all chains from one generator; ``seeds=[s_0, …, s_{G−1}]`` splits
 the C chains into G consecutive groups, group g drawing from its own generator seeded s_g. So chain c of a
 run with one seed per chain follows exactly the path of a one-chain run with seed s_c (tested). Draws
@@ -27,9 +34,11 @@ import shutil
 from typing import Callable
 
 import torch
+from torch import nn
 from torch.func import grad, vmap
 
 from . import validate
+from .module_chains import ModuleChains
 from .regularizer import (_sq_norms_generic, check_model_output, closed_form_of,
                           implicit_regularizer, trainable_sq_grad_norms)
 from .runtime import cpu_settings
@@ -92,10 +101,10 @@ def _per_param(value, p: torch.Tensor):
 
 
 def _scale_chunk(value, Z: torch.Tensor) -> torch.Tensor:
-    """value · Z for a chunk Z [K, C, B]: a float, or one value per chain [C]."""
+    """value · Z for a chunk Z [K, C, B(, k)]: a float, or one value per chain [C]."""
     if isinstance(value, float):
         return value * Z
-    return value.reshape(1, -1, 1) * Z
+    return value.reshape(1, -1, *([1] * (Z.ndim - 2))) * Z
 
 
 def _as_list(value) -> list[float]:
@@ -132,19 +141,38 @@ def _closed_form_step(model: Callable, X, any_lam: bool, lr, lam, masks) -> Call
     return step
 
 
-def _generic_step(model: Callable, X, any_lam: bool, shared: bool, lr, lam_c, masks) -> Callable:
-    """The same step from torch.func: vmap over chains (and examples) of grad; lam_c: [C]."""
-    def chain_objective(p, xb, yb, lam):
+def _generic_step(model: Callable, X, any_lam: bool, shared: bool, lr, lam_c, masks, *,
+                  per_chain: bool = False) -> Callable:
+    """The same step from torch.func: vmap over chains (and examples) of grad; lam_c: [C]; X the data
+    of reg ([n, *x], or [C, n, *x] with ``per_chain``)."""
+    def chain_objective(p, xb, yb, lam, x_reg):
         r = vmap(model, in_dims=(None, 0))(p, xb) - yb
         loss = r.pow(2).mean()
         if any_lam:
-            return loss + lam * _sq_norms_generic(model, p, X).mean(), r
+            return loss + lam * _sq_norms_generic(model, p, x_reg).mean(), r
         return loss, r
 
-    grad_obj = vmap(grad(chain_objective, has_aux=True), in_dims=(0, None if shared else 0, 0, 0))
+    grad_obj = vmap(grad(chain_objective, has_aux=True),
+                    in_dims=(0, None if shared else 0, 0, 0, 0 if per_chain else None))
 
     def step(P, Xb, Yb):
-        grads, r = grad_obj(P, Xb, Yb, lam_c)
+        grads, r = grad_obj(P, Xb, Yb, lam_c, X)
+        return _update(P, grads, lr, masks), r
+
+    return step
+
+
+def _module_step(chains: ModuleChains, X, any_lam: bool, shared: bool, per_chain: bool, fast: bool,
+                 lr, lam, masks) -> Callable:
+    """The step of an nn.Module's chains: vmap over chains of grad of the batch loss (torch.func), and
+    with lam > 0 ∇reg per chain from the per-layer rules."""
+    loss_grad = chains.loss_grad(shared)
+
+    def step(P, Xb, Yb):
+        grads, r = loss_grad(P, Xb, Yb)
+        if any_lam:
+            g_reg = chains.reg_grad(P, X, per_chain=per_chain, fast=fast)
+            grads = {k: grads[k] + lam[k] * g_reg[k] for k in P}
         return _update(P, grads, lr, masks), r
 
     return step
@@ -220,22 +248,38 @@ def _hint(lr, noise_std, lam) -> str:
     return hint + "."
 
 
+def _loss_and_reg(model, X, y, *, per_chain: bool, fast: bool, masks, chains: ModuleChains | None):
+    """(loss(P) -> [C], reg(P) -> [C]): the clean full-data loss of every chain and its regularizer
+    (with frozen entries: the regularizer of the trainable ones, (1/n) Σ_i ‖m ⊙ ∇_θ h(x_i; θ)‖²)."""
+    if chains is not None:
+        def loss(P):
+            r = chains.forward(P, X, shared=not per_chain) - y
+            return r.pow(2).reshape(r.shape[0], r.shape[1], -1).sum(-1).mean(1)
+        return loss, lambda P: chains.reg(P, X, per_chain=per_chain, fast=fast)
+    if per_chain:
+        def loss(P):
+            return (batched_forward(model, P, X) - y).pow(2).mean(1)
+        return loss, lambda P: vmap(lambda p, x: _sq_norms_generic(model, p, x).mean())(P, X)
+    if masks is not None:
+        return (lambda P: full_data_loss(model, P, X, y),
+                lambda P: trainable_sq_grad_norms(model, P, X, masks).mean(-1))
+    return (lambda P: full_data_loss(model, P, X, y),
+            lambda P: implicit_regularizer(model, P, X, stacked=True, fast=fast))
+
+
 class _Recorder:
-    def __init__(self, model, X, y, record_reg, fast, masks=None):
-        self.model, self.X, self.y, self.record_reg, self.fast = model, X, y, record_reg, fast
-        self.masks = masks
+    def __init__(self, loss, reg, record_reg):
+        self.loss_of, self.reg_of, self.record_reg = loss, reg, record_reg
         self.steps, self.params, self.loss, self.reg = [], [], [], []
 
     def __call__(self, t: int, P: dict, hint: str) -> None:
-        loss = full_data_loss(self.model, P, self.X, self.y)
+        loss = self.loss_of(P)
         check_finite(loss, t, hint)
         self.steps.append(t)
         self.params.append({k: v.clone() for k, v in P.items()})
         self.loss.append(loss)
-        if self.record_reg and self.masks is None:
-            self.reg.append(implicit_regularizer(self.model, P, self.X, stacked=True, fast=self.fast))
-        elif self.record_reg:                   # the regularizer of the trainable parameters
-            self.reg.append(trainable_sq_grad_norms(self.model, P, self.X, self.masks).mean(-1))
+        if self.record_reg:
+            self.reg.append(self.reg_of(P))
 
     def trajectory(self, config: dict) -> Trajectory:
         keys = self.params[0].keys()
@@ -254,9 +298,11 @@ def _record_points(steps: int, record_every: int | None) -> int:
     return validate.count(record_every, "record_every")
 
 
-def _draw(gens, C: int, n: int, B: int, noise: str, dtype, full_batch: bool, needs_noise: bool):
-    """One chunk of randomness: indices [CHUNK, C, B] (None for a full batch) and noise Z [CHUNK, C, B]
-    (None when no chain of a full-batch run has noise: then nothing random happens)."""
+def _draw(gens, C: int, n: int, B: int, noise: str, dtype, full_batch: bool, needs_noise: bool,
+          out: tuple = ()):
+    """One chunk of randomness: indices [CHUNK, C, B] (None for a full batch) and noise Z [CHUNK, C, B,
+    *out] (one draw per output; None when no chain of a full-batch run has noise: then nothing random
+    happens)."""
     if not needs_noise:
         return None, None
     Cg = C // len(gens)
@@ -265,48 +311,108 @@ def _draw(gens, C: int, n: int, B: int, noise: str, dtype, full_batch: bool, nee
         if not full_batch:
             idx.append(torch.randint(n, (CHUNK, Cg, B), generator=gen))
         if noise == "gaussian":
-            Z.append(torch.randn(CHUNK, Cg, B, generator=gen, dtype=dtype))
+            Z.append(torch.randn(CHUNK, Cg, B, *out, generator=gen, dtype=dtype))
         else:
-            Z.append(torch.randint(0, 2, (CHUNK, Cg, B), generator=gen).to(dtype) * 2 - 1)
+            Z.append(torch.randint(0, 2, (CHUNK, Cg, B, *out), generator=gen).to(dtype) * 2 - 1)
     cat = (lambda ts: ts[0]) if len(gens) == 1 else (lambda ts: torch.cat(ts, 1))
     return (None if full_batch else cat(idx)), cat(Z)
 
 
 # ----------------------------------------------------------------------------- the loop
 
-def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps: int, lam=0.0,
-                    chains: int | None = None, batch_size: int = 1, noise: str = "gaussian",
+def _setup_data(model, chains: ModuleChains | None, P: dict, X, y, per_chain: bool, dtype):
+    """X, y as tensors, checked against the model: X [n, *x] and y [n] (a module: [n] or [n, k], as the
+    module's output), or with ``per_chain`` a leading chain dimension on both. Returns X, y, n."""
+    C = next(iter(P.values())).shape[0]
+    if not per_chain:
+        X, y = validate.as_data(X, y, dtype=dtype, outputs=chains is not None)
+    else:
+        X, y = validate.as_chain_data(X, y, C, dtype=dtype, outputs=chains is not None)
+    X0 = X[0] if per_chain else X
+    y_tail = tuple(y.shape[2:] if per_chain else y.shape[1:])
+    if chains is None:
+        check_model_output(model, {k: v[0] for k, v in P.items()}, X0[0])
+        return X, y, X0.shape[0]
+    out = chains.h({k: v[0] for k, v in P.items()}, X0[:1])
+    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != 1:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"module(X) must return one output row per example, [n] or [n, k]; got {got} "
+                         "for one example")
+    if tuple(out.shape[1:]) != y_tail:
+        lead = "[C, n" if per_chain else "[n"
+        want = lead + "".join(f", {d}" for d in out.shape[1:]) + "]"
+        raise ValueError(f"y must match the module's output per example: y of shape {want}; got "
+                         f"{tuple(y.shape)}")
+    return X, y, X0.shape[0]
+
+
+def _gather(T: torch.Tensor, idx: torch.Tensor, per_chain: bool) -> torch.Tensor:
+    """Rows idx [..., C, B] of the data T ([n, ...], or [C, n, ...] with one data set per chain)."""
+    if not per_chain:
+        return T[idx]
+    C = idx.shape[-2]
+    return T[torch.arange(C).reshape(C, 1), idx]
+
+
+def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, noise_std, steps: int,
+                    lam=0.0, chains: int | None = None, batch_size: int = 1, noise: str = "gaussian",
                     seed: int = 0, seeds=None, trainable=None, noise_off_after: int | None = None,
                     record_every: int | None = None, stacked: bool = False, record_reg: bool = True,
-                    fast: bool = True, compile: bool = False, threads: int | None = 1) -> Trajectory:
+                    fast: bool = True, compile: bool = False, threads: int | None = 1,
+                    per_chain_data: bool = False) -> Trajectory:
     """Run label-noise SGD (and, with lam > 0, the explicit flow) on C chains at once.
 
-    θ_c ← θ_c − lr_c·∇_θ [(1/B) Σ_{i∈b} (h(x_i; θ_c) − y_i − noise_std_c·Z_i)² + lam_c·reg(θ_c)],
-    Z ~ N(0, 1) or Rademacher (``noise``), fresh at every step. With batch_size < n each chain draws its
-    own minibatch uniformly with replacement; batch_size == n uses every example once per step.
+    θ_c ← θ_c − lr_c·∇_θ [(1/B) Σ_{i∈b} ‖h(x_i; θ_c) − y_i − noise_std_c·Z_i‖² + lam_c·reg(θ_c)],
+    Z ~ N(0, 1) or Rademacher (``noise``), fresh at every step, one draw per output. With batch_size < n
+    each chain draws its own minibatch uniformly with replacement; batch_size == n uses every example
+    once per step.
 
+    model: a function h(params, x) returning a 0-d tensor for one example, or an ``nn.Module``
+        (``label_noise_sgd(module, X=X, y=y, ...)``) with one output or k outputs per example.
     params: {name: tensor} for one model, copied to every chain; or, with ``stacked=True``, already
-        stacked along a leading chain dimension (one initialization per chain).
+        stacked along a leading chain dimension (one initialization per chain). For a module: None (its
+        own parameters, copied to every chain) or stacked ({name: [C, *shape]}, e.g. from
+        ``nblib.stack_modules``); its parameters with requires_grad=False stay fixed.
+    X, y: the data, [n, *x] and [n] (a module: [n, k] for k outputs); with ``per_chain_data=True``
+        [C, n, *x] and [C, n(, k)], chain c training on X[c], y[c].
     lr, noise_std, lam: one number for every chain, or one per chain.
     seed / seeds: one generator for all chains, or one per group of chains (see the module docstring).
     trainable: {name: mask} freezes parameters (mask 0) per chain ([C]) or per entry (broadcastable to
         the stacked shape); frozen entries never move. Not combined with lam > 0 (the regularizer of a
-        run with frozen parameters sums only over the trainable ones).
+        run with frozen parameters sums only over the trainable ones), nor with a module (set
+        requires_grad=False on its parameters instead).
     noise_off_after: from this step on σ = 0 (an annealing tail; the draws go on, unused).
     record_every: record every k steps and at the end (default: 100 records); recording never changes
         the trajectory. record_reg: also record reg(θ) (with ``trainable``: the regularizer of the
         trainable parameters, (1/n) Σ_i ‖m ⊙ ∇_θ h(x_i; θ)‖², the one such a run follows).
-    fast: use the model's closed form (else the torch.func step); compile: fuse it with torch.compile.
+    fast: use the model's closed form or per-layer rules (else the torch.func reference); compile: fuse
+        a closed form with torch.compile.
     threads: torch threads during the run (default 1: these loops are overhead-bound; None: as set).
 
     Returns a ``Trajectory`` whose config records the model, the per-chain hyperparameters and seeds.
     Raises ValueError on bad input and DivergenceError, naming what to lower, if a chain diverges.
     """
+    module = ModuleChains(model) if isinstance(model, nn.Module) else None
+    if X is None or y is None:
+        raise ValueError("label_noise_sgd needs the data: X and y (for a module, label_noise_sgd(module, "
+                         "X=X, y=y, ...))")
+    if module is not None:
+        if trainable is not None:
+            raise ValueError("trainable=... is for functional models; freeze a module's parameters with "
+                             "requires_grad_(False)")
+        if params is None:
+            params = module.stack(1 if chains is None else validate.count(chains, "chains"))
+            stacked = True
+        elif not stacked:
+            raise ValueError("a module carries its own parameters: pass params=None, or params stacked "
+                             "over chains ({name: [C, *shape]}, nblib.stack_modules) with stacked=True")
     validate.as_params(params)
     dtype = next(iter(params.values())).dtype
-    X, y = validate.as_data(X, y, dtype=dtype)
     steps = validate.count(steps, "steps", minimum=0)
-    n = X.shape[0]
+    P, C = _stack(params, chains, stacked)
+    if module is not None:
+        module.check_stacked(P)
+    X, y, n = _setup_data(model, module, P, X, y, per_chain_data, dtype)
     batch_size = validate.count(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the number of examples n={n}")
@@ -315,7 +421,6 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps
     every = _record_points(steps, record_every)
     off = steps if noise_off_after is None else validate.count(noise_off_after, "noise_off_after",
                                                                 minimum=0)
-    P, C = _stack(params, chains, stacked)
     lr = _per_chain(lr, C, "lr", dtype=dtype, positive=True)
     sigma = _per_chain(noise_std, C, "noise_std", dtype=dtype)
     lam = _per_chain(lam, C, "lam", dtype=dtype)
@@ -325,18 +430,20 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps
     if masks is not None and any_lam:
         raise ValueError("lam > 0 with frozen parameters (trainable=...) is not supported: the "
                          "regularizer of such a run sums only over the trainable parameters")
-    check_model_output(model, {k: v[0] for k, v in P.items()}, X[0])
 
-    cf = closed_form_of(model)
+    cf = None if module is not None or per_chain_data else closed_form_of(model)
     use_closed_form = fast and cf is not None and (not any_lam or cf.reg_grad is not None)
     full_batch = batch_size == n
+    shared = full_batch and not per_chain_data
     lr_ = {k: _per_param(lr, v) for k, v in P.items()}
-    if use_closed_form:
-        lam_ = {k: _per_param(lam, v) for k, v in P.items()}
+    lam_ = {k: _per_param(lam, v) for k, v in P.items()}
+    if module is not None:
+        step = _module_step(module, X, any_lam, shared, per_chain_data, fast, lr_, lam_, masks)
+    elif use_closed_form:
         step = _closed_form_step(model, X, any_lam, lr_, lam_, masks)
     else:
         lam_c = torch.as_tensor(_as_list(lam) * (C // len(_as_list(lam))), dtype=dtype)
-        step = _generic_step(model, X, any_lam, full_batch, lr_, lam_c, masks)
+        step = _generic_step(model, X, any_lam, shared, lr_, lam_c, masks, per_chain=per_chain_data)
     if compile:
         if not use_closed_form:
             raise ValueError("compile=True needs a model with a closed form (model.closed_form) and "
@@ -350,19 +457,22 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps
                                                                         else 1),
         lam=_as_list(lam) * (C if isinstance(lam, float) else 1), steps=steps, batch_size=batch_size,
         noise=noise, seeds=[g.initial_seed() for g in gens], noise_off_after=noise_off_after,
-        trainable=None if trainable is None else sorted(trainable))
+        trainable=None if trainable is None else sorted(trainable), per_chain_data=per_chain_data)
     needs_noise = not full_batch or any(v > 0 for v in _as_list(sigma))
-    per_chunk = CHUNK * C * batch_size * X[0].numel() <= GATHER_LIMIT
-    clean = y.expand(C, -1) if full_batch else None
-    record = _Recorder(model, X, y, record_reg, fast, masks)
+    out = tuple(y.shape[2:] if per_chain_data else y.shape[1:])
+    x_size = X[0, 0].numel() if per_chain_data else X[0].numel()
+    per_chunk = CHUNK * C * batch_size * x_size <= GATHER_LIMIT
+    clean = (y if per_chain_data else y.expand(C, *y.shape)) if full_batch else None
+    record = _Recorder(*_loss_and_reg(model, X, y, per_chain=per_chain_data, fast=fast, masks=masks,
+                                      chains=module), record_reg)
     with cpu_settings(threads), torch.no_grad():
         record(0, P, hint)
         t = 0
         while t < steps:
             K = min(CHUNK, steps - t)
-            idx, Z = _draw(gens, C, n, batch_size, noise, dtype, full_batch, needs_noise)
+            idx, Z = _draw(gens, C, n, batch_size, noise, dtype, full_batch, needs_noise, out)
             if idx is not None and per_chunk:             # small data: gather the chunk at once
-                Xc, yc = X[idx[:K]], y[idx[:K]]
+                Xc, yc = _gather(X, idx[:K], per_chain_data), _gather(y, idx[:K], per_chain_data)
             if needs_noise and (full_batch or per_chunk):  # noisy labels of the chunk at once
                 Yc = (y if full_batch else yc) + _scale_chunk(sigma, Z[:K])
             for k in range(K):
@@ -371,7 +481,7 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps
                 elif per_chunk:
                     Xb, yb = Xc[k], yc[k]
                 else:                                       # large data: one minibatch at a time
-                    Xb, yb = X[idx[k]], y[idx[k]]
+                    Xb, yb = _gather(X, idx[k], per_chain_data), _gather(y, idx[k], per_chain_data)
                 if t >= off or not needs_noise:
                     Yb = yb
                 elif full_batch or per_chunk:
@@ -382,21 +492,22 @@ def label_noise_sgd(model: Callable, params: dict, X, y, *, lr, noise_std, steps
                 t += 1
                 if t % every == 0 or t == steps:
                     record(t, P, hint)
-            check_finite(r.pow(2).mean(1), t, hint)
+            check_finite(r.pow(2).reshape(C, -1).mean(1), t, hint)
     return record.trajectory(config)
 
 
-def regularized_gd(model: Callable, params: dict, X, y, *, lr, lam, steps: int,
-                   record_every: int | None = None, stacked: bool = False, record_reg: bool = True,
-                   fast: bool = True, threads: int | None = 1) -> Trajectory:
-    """Full-batch gradient descent on L(θ) + λ·reg(θ), L = (1/n) Σ_i (h(x_i; θ) − y_i)².
+def regularized_gd(model, params: dict | None = None, X=None, y=None, *, lr, lam, steps: int,
+                   chains: int | None = None, record_every: int | None = None, stacked: bool = False,
+                   record_reg: bool = True, fast: bool = True, threads: int | None = 1,
+                   per_chain_data: bool = False) -> Trajectory:
+    """Full-batch gradient descent on L(θ) + λ·reg(θ), L = (1/n) Σ_i ‖h(x_i; θ) − y_i‖².
 
     The same loop as ``label_noise_sgd`` with noise_std = 0 and batch_size = n. With
     λ = implicit_lambda(lr, noise_std, batch_size) it is the flow label-noise SGD follows near the
-    zero-error manifold. Same conventions, records and errors.
+    zero-error manifold. Same models, conventions, records and errors.
     """
-    X_ = torch.as_tensor(X)
-    n = X_.shape[0] if X_.ndim else 1
+    X_ = torch.as_tensor(X) if X is not None else torch.zeros(())
+    n = X_.shape[1 if per_chain_data else 0] if X_.ndim > int(per_chain_data) else 1
     return label_noise_sgd(model, params, X, y, lr=lr, noise_std=0.0, lam=lam, steps=steps,
-                           batch_size=n, record_every=record_every, stacked=stacked,
-                           record_reg=record_reg, fast=fast, threads=threads)
+                           chains=chains, batch_size=n, record_every=record_every, stacked=stacked,
+                           record_reg=record_reg, fast=fast, threads=threads, per_chain_data=per_chain_data)

@@ -25,8 +25,9 @@ def as_params(params, *, name: str = "params") -> dict[str, torch.Tensor]:
     return params
 
 
-def as_data(X, y=None, *, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """X: [n, ...] inputs, y: [n] targets; both finite, same n, n >= 1."""
+def as_data(X, y=None, *, dtype: torch.dtype, outputs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """X: [n, ...] inputs, y: [n] targets (with ``outputs``: [n] or [n, k], one target per output);
+    both finite, same n, n >= 1."""
     X = torch.as_tensor(X, dtype=dtype)
     if X.ndim == 0 or X.shape[0] == 0:
         raise ValueError(f"X must have a leading dimension of examples, n >= 1; got shape {tuple(X.shape)}")
@@ -35,13 +36,25 @@ def as_data(X, y=None, *, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tenso
     if y is None:
         return X, None
     y = torch.as_tensor(y, dtype=dtype)
-    if y.ndim != 1:
+    if outputs and y.ndim not in (1, 2):
+        raise ValueError(f"y must be [n] or [n, k] (k outputs per example); got shape {tuple(y.shape)}")
+    if not outputs and y.ndim != 1:
         raise ValueError(f"y must be a 1-D tensor of n targets; got shape {tuple(y.shape)}")
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}; they must match")
     if not torch.isfinite(y).all():
         raise ValueError("y contains NaN or infinite values")
     return X, y
+
+
+def as_chain_data(X, y, chains: int, *, dtype: torch.dtype, outputs: bool = False):
+    """One data set per chain: X [C, n, ...], y [C, n] (with ``outputs``: [C, n] or [C, n, k])."""
+    X, y = torch.as_tensor(X, dtype=dtype), torch.as_tensor(y, dtype=dtype)
+    for name, T in (("X", X), ("y", y)):
+        if T.ndim < 2 or T.shape[0] != chains:
+            raise ValueError(f"with per_chain_data=True, {name} needs a leading chain dimension of "
+                             f"{chains} (one data set per chain); got shape {tuple(T.shape)}")
+    return X, torch.stack([as_data(X[c], y[c], dtype=dtype, outputs=outputs)[1] for c in range(chains)])
 
 
 def positive(value, name: str) -> float:
