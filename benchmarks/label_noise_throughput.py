@@ -8,6 +8,8 @@ step of one chain = one chain-step) of
   * nblib.label_noise_sgd, generic torch.func path (the tested reference), many chains;
   * nblib's closed-form batched step, eager;
   * the same step fused with torch.compile (where a C++ compiler is present; otherwise the row is skipped);
+and, for two ordinary nn.Modules (the digits chapter's MLP and a small CNN on the same 8×8 images),
+C chains through the one loop against C separate nn.Module + optim.SGD loops (module_rows);
 and reports each as a ratio to the baseline re-measured next to it (the baseline at its faster thread
 setting, one thread or all; nblib's runs on all cores) (machines are noisy: ratios travel,
 absolute numbers do not). Each chapter's own settings (width, points, batch size, dtype, lr, σ).
@@ -16,6 +18,7 @@ Writes benchmarks/results/label_noise_throughput.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -150,6 +153,65 @@ def sensing_rows(scale):
             row("matrix sensing", about, "nblib closed-form step, eager", chains, fast, base)]
 
 
+def module_nets():
+    """The two nn.Modules of the module rows: (name, about, maker)."""
+    def mlp():
+        return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                   torch.nn.Tanh(), torch.nn.Linear(64, 10))
+
+    def cnn():
+        return torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 8, 3, padding=1),
+                                   torch.nn.Tanh(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Tanh(),
+                                   torch.nn.Flatten(), torch.nn.Linear(512, 10))
+    setting = "500 images 8×8, 10 outputs, batch 32, σ = 0.5"
+    return [("MLP 64-64-64-10 tanh", f"the digits chapter's network; {setting}, η = 0.05", mlp, 0.05),
+            ("CNN conv 8, conv 8, linear 10", f"3×3 convolutions, tanh; {setting}, η = 0.01", cnn, 0.01)]
+
+
+def separate_loops(nets, X, Y, steps: int, lr: float) -> float:
+    """C separate loops, as people write them: per chain an nn.Module, optim.SGD and its own minibatch and
+    label noise every step; chain-steps per second (the faster of one thread and all)."""
+    threads = torch.get_num_threads()
+    rates = []
+    for t in sorted({1, threads}):
+        torch.set_num_threads(t)
+        opts = [torch.optim.SGD(net.parameters(), lr=lr) for net in nets]
+        start = time.perf_counter()
+        for _ in range(steps):
+            for net, opt in zip(nets, opts):
+                i = torch.randint(len(X), (32,))
+                target = Y[i] + 0.5 * torch.randn(32, Y.shape[1])
+                opt.zero_grad()
+                (net(X[i]) - target).pow(2).sum(-1).mean().backward()
+                opt.step()
+        rates.append(len(nets) * steps / (time.perf_counter() - start))
+    torch.set_num_threads(threads)
+    return max(rates)
+
+
+def module_rows(scale, chains=(1, 16, 64)):
+    """nn.Modules: C chains through nblib.label_noise_sgd (one call) against C separate loops."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(500, 64, generator=g)                                   # pixel values in [0, 1]
+    Y = torch.nn.functional.one_hot(torch.randint(10, (500,), generator=g), 10).float()
+    rows = []
+    for name, about, make, lr in module_nets():
+        for C in chains:
+            torch.manual_seed(0)
+            nets = [make() for _ in range(C)]
+            steps = max(10, int(400 * scale * 16 / max(C, 16)))
+            base = separate_loops(copy.deepcopy(nets), X, Y, max(5, steps // 4), lr)
+            start = time.perf_counter()
+            nblib.label_noise_sgd(nets[0], nblib.stack_modules(nets), X, Y, stacked=True, lr=lr,
+                                  noise_std=0.5, batch_size=32, steps=steps, record_every=steps,
+                                  record_reg=False, threads=None)
+            rate = C * steps / (time.perf_counter() - start)
+            base = (base + separate_loops(copy.deepcopy(nets), X, Y, max(5, steps // 4), lr)) / 2
+            rows.append(row(name, about, f"{C} separate loops (nn.Module + optim.SGD)", C, base, base))
+            rows.append(row(name, about, "nblib.label_noise_sgd on the nn.Module, one call", C, rate, base))
+    return rows
+
+
 def row(model, about, method, chains, rate, base):
     return dict(model=model, about=about, method=method, chains=chains, chain_steps_per_s=rate,
                 ratio_to_standard=rate / base)
@@ -188,14 +250,15 @@ def main() -> None:
             bases.append(standard_loop(case, int(3000 * scale)))
             rows.append(row(name, case["about"], method, chains, rate, (bases[-2] + bases[-1]) / 2))
     rows += sensing_rows(scale)
+    modules = module_rows(scale)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'model':28s} {'method':48s} {'chains':>6s} {'chain-steps/s':>14s} {'× standard':>11s}")
-    for r in rows:
+    for r in rows + modules:
         print(f"{r['model']:28s} {r['method']:48s} {r['chains']:6d} {r['chain_steps_per_s']:14,.0f} "
               f"{r['ratio_to_standard']:10.1f}×")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "label_noise_throughput.json"
-    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    out.write_text(json.dumps({"machine": machine(), "rows": rows, "module_rows": modules}, indent=1))
     print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
 
 

@@ -173,6 +173,10 @@ def _module_step(chains: ModuleChains, X, any_lam: bool, shared: bool, per_chain
         if any_lam:
             g_reg = chains.reg_grad(P, X, per_chain=per_chain, fast=fast)
             grads = {k: grads[k] + lam[k] * g_reg[k] for k in P}
+        if masks is None and all(isinstance(v, float) for v in lr.values()):
+            for k in P:                          # in place: the loop owns P (records are copies)
+                P[k].add_(grads[k], alpha=-lr[k])
+            return P, r
         return _update(P, grads, lr, masks), r
 
     return step

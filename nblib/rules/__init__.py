@@ -32,6 +32,10 @@ class Rule:
       gradients of one output Σ_i h_k(x_i) with respect to the outputs of m's calls, in call order (same
       shapes as the outputs); 0.0 when none of m's parameters requires grad. It must be differentiable
       (it is double-backwarded for ∇reg).
+    * ``forward_chains(m, p, x, C) -> Tensor`` (optional): the layer applied to C chains at once, chain c
+      with its own parameters p[name][c] ({name: [C, *shape]}, the layer's own parameter names) on its
+      rows of x ([C·B, ...], chain-major); returns [C·B, ...]. Lets ``nblib.module_chains`` run C copies
+      of an nn.Sequential as a few batched products under plain autograd. Default: None (not provided).
 
     Positions t run over everything the layer's parameters are shared across within one example: sequence
     steps, conv output positions, and repeated calls of the same layer.
@@ -45,6 +49,8 @@ class Rule:
 
     def sq_norms(self, m: nn.Module, feat, grads: list):
         raise NotImplementedError
+
+    forward_chains = None
 
 
 _RULES: dict[type, Rule] = {}

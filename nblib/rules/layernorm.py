@@ -3,7 +3,7 @@
     ‖∇_γ h‖² = ‖Σ_t g_t ⊙ x̂_t‖²,     ‖∇_β h‖² = ‖Σ_t g_t‖²
 
 with x̂_t the normalized input (no affine) and g_t the output gradient at position t, both flattened over
-normalized_shape.
+normalized_shape. C chains at once: the normalization is the same for all, then γ_c and β_c per chain.
 """
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ class LayerNormRule(Rule):
         if m.bias is not None and m.bias.requires_grad:
             out = out + (g.sum(1) ** 2).sum(-1)
         return out
+
+    def forward_chains(self, m, p, x, C):
+        xh = F.layer_norm(x, m.normalized_shape, None, None, m.eps)
+        lead = (C, 1) + (1,) * (x.ndim - 1 - len(m.normalized_shape))
+        out = xh.reshape(C, -1, *x.shape[1:])
+        if "weight" in p:
+            out = out * p["weight"].reshape(*lead, *m.normalized_shape)
+        if "bias" in p:
+            out = out + p["bias"].reshape(*lead, *m.normalized_shape)
+        return out.reshape(x.shape)

@@ -2,7 +2,8 @@
 
     ‖∇_W h‖² = Σ_{t,t'} (g_t·g_t')(a_t·a_t')   (one position: ‖g‖² ‖a‖²),     ‖∇_b h‖² = ‖Σ_t g_t‖²
 
-with a_t the layer's input and g_t = ∂h(x_i)/∂z_t its output gradient at position t.
+with a_t the layer's input and g_t = ∂h(x_i)/∂z_t its output gradient at position t. C chains at once:
+z = a W_cᵀ + b_c on chain c's rows, one batched matrix product.
 """
 from __future__ import annotations
 
@@ -48,3 +49,9 @@ class LinearRule(Rule):
         n = feat.shape[0]
         g = torch.cat([x.reshape(n, -1, m.out_features) for x in grads], 1)
         return weight_and_bias(m, feat, g)
+
+    def forward_chains(self, m, p, x, C):
+        h = x.reshape(C, -1, m.in_features)
+        W = p["weight"].transpose(1, 2)
+        out = torch.baddbmm(p["bias"].unsqueeze(1), h, W) if "bias" in p else torch.bmm(h, W)
+        return out.reshape(*x.shape[:-1], m.out_features)

@@ -147,3 +147,45 @@ def test_module_errors_say_what_is_wrong():
         nblib.label_noise_sgd(bn, X=X, y=y, **kw)
     with pytest.raises(nblib.DivergenceError, match="Lower lr"):
         nblib.label_noise_sgd(net, X=X * 100, y=y, lr=10.0, noise_std=0.5, steps=50)
+
+
+def models_with_a_chain_forward():
+    torch.manual_seed(0)
+    return {
+        "mlp": (mlp(0), torch.randn(6, 4, dtype=DT)),
+        "cnn2d": (nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(),
+                                nn.Conv2d(3, 2, 2, stride=2, bias=False), nn.Flatten(), nn.Linear(8, 3)).to(DT),
+                  torch.randn(6, 16, dtype=DT)),
+        "cnn1d+layernorm": (nn.Sequential(nn.Conv1d(2, 3, 3, dilation=2), nn.LayerNorm([3, 1]), nn.Tanh(),
+                                          nn.Sequential(nn.Flatten(), nn.Linear(3, 2))).to(DT),
+                            torch.randn(6, 2, 5, dtype=DT)),
+    }
+
+
+@pytest.mark.parametrize("name", list(models_with_a_chain_forward()))
+def test_layer_by_layer_chain_forward_agrees_with_vmap(name):
+    """An nn.Sequential of layers with a chain forward runs each layer once for all chains (batched
+    products, grouped convolutions); that forward and its gradients equal the vmapped functional_call."""
+    from nblib.module_chains import ModuleChains, run_plan
+    net, X = models_with_a_chain_forward()[name]
+    chains = ModuleChains(net)
+    assert chains.plan is not None
+    P = {k: v + 0.1 * torch.randn_like(v) for k, v in chains.stack(3).items()}
+    Xb = torch.stack([X, X.flip(0), 2 * X])
+    assert torch.allclose(run_plan(chains.plan, P, Xb), chains.forward(P, Xb), rtol=1e-12, atol=1e-12)
+    Yb = torch.randn_like(chains.forward(P, Xb))
+    fast, r1 = chains.loss_grad(shared=False)(P, Xb, Yb)
+    assert chains.plan is not None                      # the first batch agreed: the plan stays
+    chains.plan = None
+    ref, r2 = chains.loss_grad(shared=False)(P, Xb, Yb)
+    assert torch.allclose(r1, r2, rtol=1e-12, atol=1e-12)
+    for k in ref:
+        assert torch.allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12), k
+
+
+def test_other_modules_take_the_vmapped_forward():
+    from nblib.module_chains import ModuleChains
+    assert ModuleChains(Squeezed().to(DT)).plan is None                   # a forward of its own
+    assert ModuleChains(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 1)).to(DT)).plan is None
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).to(DT).eval()
+    assert ModuleChains(bn).plan is None                                  # buffers: not per chain
