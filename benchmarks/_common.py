@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from nblib.runtime import source_hash
+from nblib.core.runtime import source_hash
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

@@ -25,9 +25,9 @@ import time
 import torch
 
 import nblib
-from nblib import matrix_sensing as ms
-from nblib.models import init_two_layer_relu, product, two_layer_relu
-from nblib.one_point import MODELS, init_params
+from nblib.chapters import matrix_sensing as ms
+from nblib.chapters.models import init_two_layer_relu, product, two_layer_relu
+from nblib.chapters.one_point import MODELS, init_params
 
 from _common import RESULTS, TwoLayerReLU, machine
 

@@ -2,8 +2,8 @@
 
     python benchmarks/regularizer.py [--quick]
 
-Models: an MLP 64-256-256-10 with summed outputs (``nblib.models.mlp``) and the two-layer ReLU net on
-1-D data, width 1000 (``nblib.models.two_layer_relu``); n ∈ {64, 256, 1024}; float32.
+Models: an MLP 64-256-256-10 with summed outputs (``nblib.chapters.models.mlp``) and the two-layer ReLU net on
+1-D data, width 1000 (``nblib.chapters.models.two_layer_relu``); n ∈ {64, 256, 1024}; float32.
 Methods, each timed as a ratio to the floor (one batched forward+backward of the plain squared loss on
 the equivalent nn.Module):
   nblib                 closed forms: ‖a_i‖²‖g_i‖² per linear layer; ∇reg by hand (implicit_regularizer_and_grad)
@@ -34,7 +34,7 @@ import warnings
 import torch
 
 import nblib
-from nblib.models import init_mlp, init_two_layer_relu, mlp, two_layer_relu
+from nblib.chapters.models import init_mlp, init_two_layer_relu, mlp, two_layer_relu
 
 from _common import RESULTS, TwoLayerReLU, machine
 

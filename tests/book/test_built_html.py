@@ -302,7 +302,7 @@ def test_stored_benchmark_results_measured_the_current_nblib():
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from nblib.runtime import source_hash
+    from nblib.core.runtime import source_hash
 
     current = source_hash()
     stale = {}

@@ -32,10 +32,11 @@ def key(repo):
 
 
 CHANGES = {
-    "a line of nblib": lambda r: (r / "nblib" / "claims.py").write_text(
-        (r / "nblib" / "claims.py").read_text() + "\n# x\n"),
+    "a line of nblib": lambda r: (r / "nblib" / "book" / "claims.py").write_text(
+        (r / "nblib" / "book" / "claims.py").read_text() + "\n# x\n"),
     "a new nblib module": lambda r: (r / "nblib" / "extra.py").write_text("X = 1\n"),
-    "a renamed nblib module": lambda r: (r / "nblib" / "claims.py").rename(r / "nblib" / "claims2.py"),
+    "a renamed nblib module": lambda r: (r / "nblib" / "book" / "claims.py").rename(
+        r / "nblib" / "book" / "claims2.py"),
     "requirements.lock": lambda r: (r / "requirements.lock").write_text(
         (r / "requirements.lock").read_text().replace("numpy==2.4.6", "numpy==2.4.7")),
     "pyproject.toml": lambda r: (r / "pyproject.toml").write_text((r / "pyproject.toml").read_text() + "\n"),

@@ -92,5 +92,5 @@ def test_license_names_both_licenses_and_readme_links_everything():
 
 def test_contributing_covers_a_new_chapter():
     text = (ROOT / "CONTRIBUTING.md").read_text()
-    for must in ("_toc.yml", "book_seeds", "Ledger", "verify()", "make test", "offset-check", "make bench"):
+    for must in ("_toc.yml", "nblib.book.seeds", "Ledger", "verify()", "make test", "offset-check", "make bench"):
         assert must in text, must

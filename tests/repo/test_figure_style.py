@@ -19,8 +19,8 @@ def test_chapter_uses_the_shared_style_before_drawing(doc):
     cells = code_cells(doc)
     assert cells, f"{doc}: no code cells found"
     code = "\n".join(cells)
-    styled = code.find("use_book_style()")
-    assert styled >= 0, f"{doc} does not call nblib.use_book_style()"
+    styled = code.find("book.use_style()")
+    assert styled >= 0, f"{doc} does not call nblib.book.use_style()"
     first_plot = min((m.start() for m in re.finditer(r"plt\.(subplots|figure)\(", code)), default=len(code))
     assert styled < first_plot, f"{doc} draws a figure before applying the book style"
 

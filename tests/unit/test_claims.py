@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import nblib
-from nblib.claims import LEDGER_MIME, mean_interval
+from nblib.book.claims import LEDGER_MIME, mean_interval
 
 SEEDS = [0, 1, 2, 3, 4]
 
 
 def test_replicated_rows_count_what_holds_and_gate_on_all():
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     row = ledger.at_most("k", "small", [0.1, 0.2, 0.3, 0.4, 0.5], 0.45)
     assert row.held == "4/5" and not row.holds and row.statistic == pytest.approx(0.3)
     row = ledger.at_most("k2", "small, by the median", torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]), 0.45,
@@ -26,7 +26,7 @@ def test_mean_gate_needs_the_whole_interval_inside_the_tolerance():
     assert lo < mean < hi and mean == pytest.approx(1.0)
     half = 2.776 * np.std([1.0, 1.1, 0.9, 1.05, 0.95], ddof=1) / np.sqrt(5)
     assert hi - mean == pytest.approx(half)
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     assert ledger.close_to("tight", "near one", [1.0, 1.1, 0.9, 1.05, 0.95], 1.0, rtol=0.2, gate="mean").holds
     assert not ledger.close_to("loose", "near one", [1.0, 1.1, 0.9, 1.05, 0.95], 1.0, rtol=0.05,
                                gate="mean").holds
@@ -34,7 +34,7 @@ def test_mean_gate_needs_the_whole_interval_inside_the_tolerance():
 
 
 def test_single_values_must_say_exact_or_pooled_and_counts_must_match_seeds():
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     with pytest.raises(ValueError, match="every replicate"):
         ledger.at_most("k", "a", 0.0, 1.0)
     assert ledger.at_most("k", "a", 0.0, 1.0, kind="exact").range_text() == "exact"
@@ -50,7 +50,7 @@ def test_single_values_must_say_exact_or_pooled_and_counts_must_match_seeds():
 
 
 def test_status_is_separate_from_the_gate_and_papers_are_named():
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     with pytest.raises(ValueError, match="source"):
         ledger.at_most("k", "a", [0.0] * 5, 1.0, status="reproduced")
     with pytest.raises(ValueError, match="status"):
@@ -64,7 +64,7 @@ def test_status_is_separate_from_the_gate_and_papers_are_named():
 
 
 def test_check_takes_one_flag_per_replicate_in_order():
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     row = ledger.check("c", "flags", [1, float("nan"), 3, 4, 5], holds=[True, True, False, True, True],
                        tolerance="as flagged")
     assert row.per_replicate == [True, False, False, True, True] and not row.holds
@@ -75,7 +75,7 @@ def test_check_takes_one_flag_per_replicate_in_order():
 def test_verify_writes_a_record_and_a_failing_claim_raises_naming_itself(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     ledger.close_to("k1", "ratio near one", [1.02] * 5, 1.0, rtol=0.05)
     assert ledger.verify() is ledger
     record = shown[-1][LEDGER_MIME]
@@ -83,42 +83,42 @@ def test_verify_writes_a_record_and_a_failing_claim_raises_naming_itself(monkeyp
     assert record["chapter"] == "demo" and record["seeds"] == SEEDS
     assert record["rows"][0]["n_hold"] == 5 and record["rows"][0]["holds"]
     ledger.close_to("k2", "ratio near two", [1.2, 2.0, 2.0, 2.0, 2.0], 2.0, rtol=0.05)
-    with pytest.raises(nblib.ClaimFailed, match="ratio near two.*4/5"):
+    with pytest.raises(nblib.book.ClaimFailed, match="ratio near two.*4/5"):
         ledger.verify()
 
 
 def test_nan_never_holds_and_empty_ledger_fails():
-    ledger = nblib.Ledger("demo", seeds=SEEDS)
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
     ledger.at_most("k", "nan is not small", [float("nan")] + [0.0] * 4, 1.0, gate="median")
     assert ledger.failed == ledger.rows
-    with pytest.raises(nblib.ClaimFailed):
+    with pytest.raises(nblib.book.ClaimFailed):
         ledger.verify()
-    with pytest.raises(nblib.ClaimFailed, match="empty"):
-        nblib.Ledger("nothing").verify()
+    with pytest.raises(nblib.book.ClaimFailed, match="empty"):
+        nblib.book.Ledger("nothing").verify()
 
 
 def test_glue_gives_plain_floats(monkeypatch):
     seen = {}
     monkeypatch.setattr("myst_nb.glue", lambda key, value, display: seen.update({key: value}))
-    nblib.glue("x", np.float32(1.5))
-    nblib.glue("t", torch.tensor([2.0]))
+    nblib.book.glue("x", np.float32(1.5))
+    nblib.book.glue("t", torch.tensor([2.0]))
     assert seen == {"x": 1.5, "t": 2.0} and all(type(v) is float for v in seen.values())
 
 
 def test_seeds_are_shifted_by_the_offset_and_substreams_are_stable(monkeypatch):
     monkeypatch.delenv("BOOK_SEED_OFFSET", raising=False)
-    assert nblib.book_seeds(5) == [0, 1, 2, 3, 4]
+    assert nblib.book.seeds(5) == [0, 1, 2, 3, 4]
     monkeypatch.setenv("BOOK_SEED_OFFSET", "1000")
-    assert nblib.book_seeds(3, start=10) == [1010, 1011, 1012]
+    assert nblib.book.seeds(3, start=10) == [1010, 1011, 1012]
     monkeypatch.setenv("BOOK_SEED_OFFSET", "-3")
     with pytest.raises(ValueError, match="BOOK_SEED_OFFSET"):
-        nblib.book_seeds(3)
+        nblib.book.seeds(3)
     monkeypatch.setenv("BOOK_SEED_OFFSET", "ten")
     with pytest.raises(ValueError, match="ten"):
-        nblib.seed_offset()
+        nblib.book.seed_offset()
     with pytest.raises(ValueError, match="positive"):
-        nblib.book_seeds(0)
-    a, b = nblib.substream(3, "teacher"), nblib.substream(3, "init")
-    assert a != b and a == nblib.substream(3, "teacher") and 0 <= a < 2 ** 62
-    assert a == 0x0 + nblib.substream(3, "teacher")
+        nblib.book.seeds(0)
+    a, b = nblib.book.substream(3, "teacher"), nblib.book.substream(3, "init")
+    assert a != b and a == nblib.book.substream(3, "teacher") and 0 <= a < 2 ** 62
+    assert a == 0x0 + nblib.book.substream(3, "teacher")
     torch.Generator().manual_seed(a)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import nblib
-from nblib.models import init_two_layer_relu, product, two_layer_relu
+from nblib.chapters.models import init_two_layer_relu, product, two_layer_relu
 
 DT = torch.float64
 
@@ -209,7 +209,7 @@ def test_per_chain_hyperparameters_equal_separate_runs():
 
 def test_gathering_per_step_or_per_chunk_gives_the_same_trajectory(monkeypatch):
     a = run(batch_size=3)
-    monkeypatch.setattr(nblib.label_noise, "GATHER_LIMIT", 0)
+    monkeypatch.setattr(nblib.core.label_noise, "GATHER_LIMIT", 0)
     b = run(batch_size=3)
     for k in a.params:
         assert torch.equal(a.params[k], b.params[k]), k

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import nblib
-from nblib.label_noise import CHUNK
+from nblib.core.label_noise import CHUNK
 
 DT = torch.float64
 
@@ -166,7 +166,7 @@ def models_with_a_chain_forward():
 def test_layer_by_layer_chain_forward_agrees_with_vmap(name):
     """An nn.Sequential of layers with a chain forward runs each layer once for all chains (batched
     products, grouped convolutions); that forward and its gradients equal the vmapped functional_call."""
-    from nblib.module_chains import ModuleChains, run_plan
+    from nblib.core.module_chains import ModuleChains, run_plan
     net, X = models_with_a_chain_forward()[name]
     chains = ModuleChains(net)
     assert chains.plan is not None
@@ -184,7 +184,7 @@ def test_layer_by_layer_chain_forward_agrees_with_vmap(name):
 
 
 def test_other_modules_take_the_vmapped_forward():
-    from nblib.module_chains import ModuleChains
+    from nblib.core.module_chains import ModuleChains
     assert ModuleChains(Squeezed().to(DT)).plan is None                   # a forward of its own
     assert ModuleChains(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 1)).to(DT)).plan is None
     bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).to(DT).eval()

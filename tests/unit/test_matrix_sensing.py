@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import nblib
-from nblib import matrix_sensing as ms
-from nblib.models import matrix_sensing as model_from_models
+from nblib.chapters import matrix_sensing as ms
+from nblib.chapters.models import matrix_sensing as model_from_models
 
 DT = torch.float64
 
@@ -24,7 +24,7 @@ def random_U(d, seed=1, C=None):
 
 def test_models_reexports_the_same_model():
     assert model_from_models is ms.matrix_sensing
-    assert nblib.closed_form_of(model_from_models) is not None
+    assert nblib.core.regularizer.closed_form_of(model_from_models) is not None
 
 
 def test_closed_form_gradient_matches_autograd():
@@ -34,7 +34,7 @@ def test_closed_form_gradient_matches_autograd():
     for i in range(3):
         (g,) = torch.autograd.grad(ms.matrix_sensing({"U": U}, P.A[i]), U)
         assert torch.allclose(g, (P.A[i] + P.A[i].T) @ U, rtol=1e-12, atol=1e-12)
-    cf = nblib.closed_form_of(ms.matrix_sensing)
+    cf = nblib.core.regularizer.closed_form_of(ms.matrix_sensing)
     Uc = random_U(P.d, C=2)
     Ab = P.A[:4].expand(2, 4, P.d, P.d)
     r = torch.randn(2, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
@@ -57,7 +57,7 @@ def test_closed_form_reg_and_its_gradient_match_torch_func():
     assert torch.allclose(ms.reg(P, U), reg_generic, rtol=1e-12)
     Ul = U.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(nblib.implicit_regularizer(ms.matrix_sensing, {"U": Ul}, P.A, fast=False), Ul)
-    g = nblib.closed_form_of(ms.matrix_sensing).reg_grad({"U": U[None]}, P.A)["U"][0]
+    g = nblib.core.regularizer.closed_form_of(ms.matrix_sensing).reg_grad({"U": U[None]}, P.A)["U"][0]
     assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
@@ -242,7 +242,7 @@ def test_full_batch_runs_bad_input_and_divergence():
 
 def test_sensing_metric_cache_never_serves_another_tensor():
     """A new tensor at a reused address, or an in-place change, gets its own M."""
-    from nblib.models import sensing_metric
+    from nblib.chapters.models import sensing_metric
     for k in range(20):
         A = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
         sym = A + A.transpose(-1, -2)

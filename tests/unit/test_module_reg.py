@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn.utils import parametrize, parametrizations
 
 import nblib
-from nblib import module_reg
-from nblib.module_reg import module_regularizer_and_grad, module_sq_grad_norms, reference_sq_grad_norms
-from nblib.rules import Rule, register, registered, rule_for
+from nblib.core import module_reg
+from nblib.core.module_reg import module_regularizer_and_grad, module_sq_grad_norms, reference_sq_grad_norms
+from nblib.core.rules import Rule, register, registered, rule_for
 
 DT = torch.float64
 

@@ -1,13 +1,13 @@
 """The network-size bank: every network of a ReplicateBank trained together follows the trajectory it
-follows trained alone by nblib.path_sgd.train, stops where its own epoch loss crosses the target, and its
-norms are those of nblib.path_sgd.network_norms; clear errors."""
+follows trained alone by nblib.chapters.path_sgd.train, stops where its own epoch loss crosses the target, and its
+norms are those of nblib.chapters.path_sgd.network_norms; clear errors."""
 import pytest
 import torch
 
 from nblib import DivergenceError
-from nblib.network_size import (ReplicateBank, bank_norms, evaluate, first_fit, predict, train_to_loss,
+from nblib.chapters.network_size import (ReplicateBank, bank_norms, evaluate, first_fit, predict, train_to_loss,
                                 width_groups)
-from nblib.path_sgd import error_rate, layered_relu_mlp, network_norms, train
+from nblib.chapters.path_sgd import error_rate, layered_relu_mlp, network_norms, train
 
 DT = torch.float64
 WIDTHS = [2, 3, 5, 40]

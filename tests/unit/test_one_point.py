@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nblib
-from nblib.one_point import (ACTIVATIONS, MODELS, along_x, cluster_diameter, continue_until_final,
+from nblib.chapters.one_point import (ACTIVATIONS, MODELS, along_x, cluster_diameter, continue_until_final,
                              count_clusters, init_params, merge_heights, merge_tolerance, paper_R,
                              predicted_optimum, reduced_r, stationarity_residual, stationary_h, unit_pairs)
 

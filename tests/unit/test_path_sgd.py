@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from nblib import DivergenceError, Trajectory
-from nblib.path_sgd import (PathSGD, WidthBank, corrupt_labels, digits_split, error_rate, layered_relu_mlp,
+from nblib.chapters.path_sgd import (PathSGD, WidthBank, corrupt_labels, digits_split, error_rate, layered_relu_mlp,
                             linear_layers, network_norms, path_kappa, path_norm, random_rescaling_factors,
                             rescale_hidden_units, summed_cross_entropy, train, train_in_lockstep,
                             unbalance, weight_decay_norm)
-from nblib.path_sgd import (NetStack, StackOptimizer, stack_kappa, stack_outputs, stack_path_norm,
+from nblib.chapters.path_sgd import (NetStack, StackOptimizer, stack_kappa, stack_outputs, stack_path_norm,
                             train_stack)
 
 DT = torch.float64

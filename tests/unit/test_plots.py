@@ -1,4 +1,4 @@
-"""nblib.plots: the recurring figures draw what they say (mean and band, styled lines, sorted spectra)."""
+"""nblib.book.plots: the recurring figures draw what they say (mean and band, styled lines, sorted spectra)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from nblib import COLORS, plots  # noqa: E402
+from nblib.book import COLORS, plots  # noqa: E402
 
 
 def test_mean_band_draws_the_mean_and_the_quantile_band():

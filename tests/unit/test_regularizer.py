@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nblib
-from nblib.models import init_mlp, init_two_layer_relu, matrix_sensing, mlp, product, two_layer_relu
+from nblib.chapters.models import init_mlp, init_two_layer_relu, matrix_sensing, mlp, product, two_layer_relu
 
 DT = torch.float64
 
@@ -133,12 +133,12 @@ def test_mlp_closed_form_pieces_match_torch_func_over_chains():
     X = torch.randn(6, 4, generator=g, dtype=DT)
     Xb = torch.randn(3, 5, 4, generator=g, dtype=DT)
     r = torch.randn(3, 5, generator=g, dtype=DT)
-    cf = nblib.closed_form_of(mlp)
+    cf = nblib.core.regularizer.closed_form_of(mlp)
     for c in range(3):
         p = {k: v[c] for k, v in P.items()}
         out = torch.func.vmap(mlp, in_dims=(None, 0))(p, Xb[c])
         assert torch.allclose(cf.forward(P, Xb)[c], out, rtol=1e-12)
-        grads = nblib.per_example_grads(mlp, p, Xb[c])
+        grads = nblib.core.regularizer.per_example_grads(mlp, p, Xb[c])
         vjp = cf.vjp(P, Xb, r)
         for k in p:
             assert torch.allclose(vjp[k][c], torch.einsum("b,b...->...", r[c], grads[k]), rtol=1e-10), k
@@ -183,3 +183,20 @@ def test_mlp_closed_form_gradient_at_every_depth(sizes):
     assert torch.allclose(val, ref, rtol=1e-12)
     for k in params:
         assert torch.allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-12), k
+
+
+def test_the_core_imports_no_chapter_and_no_book_helper():
+    """nblib.core stands alone: none of its modules imports nblib.book or nblib.chapters, and the top-level
+    namespace is the core's API."""
+    import ast
+    import pathlib
+
+    core = pathlib.Path(nblib.__file__).parent / "core"
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert not any(part in ("book", "chapters") for part in target.split(".")), (path, target)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith(("nblib.book", "nblib.chapters")) for a in node.names), path
+    assert all(getattr(nblib, name).__module__.startswith("nblib.core") for name in nblib.__all__)

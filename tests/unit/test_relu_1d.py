@@ -1,12 +1,12 @@
-"""nblib.relu_1d: closed forms vs autograd (gradients, reg, the paper's R, reg's gradient), frozen layers,
+"""nblib.chapters.relu_1d: closed forms vs autograd (gradients, reg, the paper's R, reg's gradient), frozen layers,
 the shape measurements (kinks, convexity changes, lengths, lines), the projection, and clear errors."""
 import pytest
 import torch
 from torch.func import grad, vmap
 
 import nblib
-from nblib import relu_1d as R
-from nblib.models import two_layer_relu
+from nblib.chapters import relu_1d as R
+from nblib.chapters.models import two_layer_relu
 
 DT = torch.float64
 
@@ -144,7 +144,7 @@ def test_init_replicates_draws_each_seed_from_its_named_stream():
     P = R.init_replicates(6, 2, [7, 8], scale_ab=1.0, scale_c=0.5, dtype=DT)
     assert P["a"].shape == (4, 6) and P["a0"].shape == (4,)
     for i, s in enumerate([7, 8]):
-        Q = R.init_chains(6, 2, scale_ab=1.0, scale_c=0.5, seed=nblib.substream(s, "init"), dtype=DT)
+        Q = R.init_chains(6, 2, scale_ab=1.0, scale_c=0.5, seed=nblib.book.substream(s, "init"), dtype=DT)
         for k in Q:
             assert torch.equal(P[k][2 * i:2 * i + 2], Q[k]), k
     with pytest.raises(ValueError, match="non-empty"):

@@ -5,7 +5,7 @@ from torch import nn
 from torch.func import functional_call
 
 import nblib
-from nblib.sharpness import top_hessian_eigenvalue
+from nblib.core.sharpness import top_hessian_eigenvalue
 
 DT = torch.float64
 

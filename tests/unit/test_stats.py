@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nblib.stats import discordant, paired_z, pooled_z, z_from_counts
+from nblib.book.stats import discordant, paired_z, pooled_z, z_from_counts
 
 
 def masks(a_only, b_only, both=0, neither=0):

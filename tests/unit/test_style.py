@@ -4,11 +4,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from nblib import style  # noqa: E402
+from nblib.book import style  # noqa: E402
 
 
 def test_book_style_is_opaque_and_checks_labels():
-    style.use_book_style()
+    style.use_style()
     assert matplotlib.rcParams["savefig.transparent"] is False
     assert matplotlib.colors.to_hex(matplotlib.rcParams["figure.facecolor"]) == "#ffffff"
     fig, ax = plt.subplots()

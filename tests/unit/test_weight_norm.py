@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nblib import DivergenceError, Trajectory
-from nblib.weight_norm import (basis_pursuit, by_problem, critical_alpha, crossing_scale, diagonal_net,
+from nblib.chapters.weight_norm import (basis_pursuit, by_problem, critical_alpha, crossing_scale, diagonal_net,
                                effective_scale, final_x, gd, implied_scale, log_invariant, loss_rate,
                                min_l2_interpolant, polar_step, radius, relative_error, rp_gd, safe_lr,
                                sparse_recovery_problem, steps_to_err, steps_to_tol, wn_gd, wn_step)

@@ -1,6 +1,6 @@
 """Matrix sensing with a full factor (Blanc et al. 2020, §4.1): the problem and its measurements.
 
-    h(A; U) = ⟨A, UUᵀ⟩,   U ∈ R^{d×d},   ∇_U h = (A + Aᵀ)U      (``nblib.models.matrix_sensing``)
+    h(A; U) = ⟨A, UUᵀ⟩,   U ∈ R^{d×d},   ∇_U h = (A + Aᵀ)U      (``nblib.chapters.models.matrix_sensing``)
 
 For symmetric S = (A + Aᵀ)/2 only the symmetric part of A matters: h = ⟨S, X⟩ with X = UUᵀ. The implicit
 regularizer is linear in X:
@@ -11,7 +11,7 @@ and for A with i.i.d. N(0, 1) entries E[(A + Aᵀ)²] = 2(d+1)·I, so reg(U) ≈
 a nuclear-norm penalty on the PSD matrix UUᵀ.
 
 Label-noise SGD, plain SGD and the explicit flow run as chains of one ``nblib.label_noise_sgd`` call on
-``nblib.models.matrix_sensing`` (its closed forms make every step a few d²-sized matrix products).
+``nblib.chapters.models.matrix_sensing`` (its closed forms make every step a few d²-sized matrix products).
 Here: the Gaussian problem, the measurements of a run (errors, spectrum, nuclear norm, reg) and the
 predicted training-error floor of the Ornstein–Uhlenbeck picture.
 
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import validate
-from .label_noise import CHUNK
+from ..core import validate
+from ..core.label_noise import CHUNK
 from .models import matrix_sensing, sensing_metric
-from .runtime import cpu_settings
-from .trajectory import Trajectory, check_finite
+from ..core.runtime import cpu_settings
+from ..core.trajectory import Trajectory, check_finite
 
 __all__ = ["SensingProblem", "effective_rank", "expected_reg", "full_batch_runs", "gram",
            "matrix_sensing", "nuclear_norm", "ou_train_floor", "predictions", "reg", "reg_closed_form",
@@ -104,7 +104,7 @@ class SensingProblem:
     def replicate(self, r: int) -> "SensingProblem":
         """Problem r of a stacked problem, as a single problem."""
         if self.replicates is None:
-            raise ValueError("replicate(r) needs a stacked problem (nblib.matrix_sensing.sensing_problems)")
+            raise ValueError("replicate(r) needs a stacked problem (nblib.chapters.matrix_sensing.sensing_problems)")
         if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < self.replicates:
             raise ValueError(f"r must be an integer in [0, {self.replicates}), got {r!r}")
         return SensingProblem(**{f: getattr(self, f)[r] if getattr(self, f).ndim == _EVENT_DIMS[f] + 1
@@ -292,7 +292,7 @@ def full_batch_runs(problems: SensingProblem, U0: torch.Tensor, *, lr: float, no
     """
     R = problems.replicates
     if R is None:
-        raise ValueError("problems must be stacked (nblib.matrix_sensing.sensing_problems)")
+        raise ValueError("problems must be stacked (nblib.chapters.matrix_sensing.sensing_problems)")
     seeds = list(seeds)
     if len(seeds) != R or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise ValueError(f"seeds must be {R} integers, one per problem; got {seeds!r}")

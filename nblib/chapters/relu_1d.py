@@ -2,7 +2,7 @@
 
     f_θ(x) = Σ_i c_i σ(a_i x + b_i) + a0·x + b0,    σ = ReLU
 
-(``nblib.models.two_layer_relu``). Unit i has its kink at x = −b_i/a_i, where the slope of f jumps by
+(``nblib.chapters.models.two_layer_relu``). Unit i has its kink at x = −b_i/a_i, where the slope of f jumps by
 c_i·|a_i|. So f'' is the measure Σ_i c_i |a_i| δ(x + b_i/a_i), and everything the chapter counts about the
 shape of a fit (kinks, convexity changes) is read off the parameters exactly, without finite differences.
 
@@ -26,9 +26,9 @@ import math
 import torch
 
 from .models import relu_preactivations, two_layer_relu
-from .regularizer import closed_form_of
-from .runtime import cpu_settings
-from .seeds import substream
+from ..core.regularizer import closed_form_of
+from ..core.runtime import cpu_settings
+from ..book.replicates import substream
 
 _forward = closed_form_of(two_layer_relu).forward      # [C, B]: f_θ(x_b) for stacked params
 

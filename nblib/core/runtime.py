@@ -36,7 +36,7 @@ def source_hash() -> str:
     """SHA-256 (first 16 hex digits) of nblib's own source: every ``*.py`` under the package, by relative
     path and content. Stored benchmark results record it, so that results measured on other code show
     up as stale."""
-    root = pathlib.Path(__file__).resolve().parent
+    root = pathlib.Path(__file__).resolve().parents[1]          # the nblib package
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" in path.parts:

@@ -1,7 +1,7 @@
 """Scalar models h(params, x) used in the book, each a plain function of one example.
 
 Where a chapter runs many steps, the model also carries closed forms (``model.closed_form``, see
-``nblib.regularizer.ClosedForm``); tests compare them with the torch.func reference.
+``nblib.core.regularizer.ClosedForm``); tests compare them with the torch.func reference.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import weakref
 
 import torch
 
-from .regularizer import with_closed_form
+from ..core.regularizer import with_closed_form
 
 
 def _relu_masked(g, z):

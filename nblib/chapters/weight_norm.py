@@ -51,8 +51,8 @@ import time
 import numpy as np
 import torch
 
-from .runtime import cpu_settings
-from .trajectory import HUGE, DivergenceError, Trajectory
+from ..core.runtime import cpu_settings
+from ..core.trajectory import HUGE, DivergenceError, Trajectory
 
 METHODS = ("gd", "wn", "rp")
 

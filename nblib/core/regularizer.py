@@ -5,7 +5,7 @@
 A model is a plain function ``h(params, x)`` returning the scalar output for one example, with
 ``params`` a dict of tensors — or any ``torch.nn.Module`` (called as ``implicit_regularizer(module, X)``),
 for which reg sums over the module's k outputs, (1/n) Σ_i Σ_k ‖∇_θ h_k(x_i; θ)‖², from per-layer rules
-(``nblib.module_reg``). Per-example gradients come from ``torch.func.vmap(torch.func.grad(h))``:
+(``nblib.core.module_reg``). Per-example gradients come from ``torch.func.vmap(torch.func.grad(h))``:
 one batched computation, no Python loop over examples, and differentiable with respect to ``params``
 (so gradient descent on loss + λ·reg works). A model may carry closed forms (see ``ClosedForm``);
 ``fast=True`` uses them, ``fast=False`` forces the generic torch.func reference.

@@ -15,7 +15,7 @@ stationarity relations
     logistic:  h_i = o_i² a / (1 + o_i² a)          tanh:  h_i² = sqrt(o_i² a / (o_i² a + 1)),
 
 and, with h_i eliminated, R = Σ_i r(o_i) with r(o) = s/(1 + s) (logistic) or r(o) = 2u/(1 + u),
-u = sqrt(s/(1 + s)) (tanh), s = a o². The models (``nblib.models.logistic_net``, ``tanh_net``) carry
+u = sqrt(s/(1 + s)) (tanh), s = a o². The models (``nblib.chapters.models.logistic_net``, ``tanh_net``) carry
 closed forms, so label-noise SGD runs many chains as one batched tensor computation.
 
 On one example the step w_i ← w_i − 2η r c_i σ'(w_iᵀx) x never changes the part of w_i orthogonal to x.

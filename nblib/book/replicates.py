@@ -1,6 +1,6 @@
 """Seeds are an input: every chapter draws its replicates from one list, which one variable shifts.
 
-    SEEDS = book_seeds(5)            # [0, 1, 2, 3, 4] + offset,  offset = $BOOK_SEED_OFFSET (default 0)
+    SEEDS = nblib.book.seeds(5)      # [0, 1, 2, 3, 4] + offset,  offset = $BOOK_SEED_OFFSET (default 0)
     substream(seed, "teacher")       # an independent, named seed derived from a replicate's seed
 
 A replicate is everything a chapter draws at random for one run of its experiment (data, initialization,
@@ -29,7 +29,7 @@ def seed_offset() -> int:
     return offset
 
 
-def book_seeds(n: int, start: int = 0) -> list[int]:
+def seeds(n: int, start: int = 0) -> list[int]:
     """``n`` replicate seeds, ``start + offset + i`` for i < n, with the offset of ``seed_offset()``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of replicates must be a positive integer, got {n!r}")

@@ -11,13 +11,13 @@ gradient descent on loss + λ·reg with λ = η·σ²/B (``implicit_lambda``). W
 
 Every chain has its own η, σ, λ (a number for all, or one per chain). All chains advance as one
 tensor computation: parameters carry a leading chain dimension C. A model with a ``ClosedForm``
-(``nblib.regularizer``) gets the closed-form batched step (``compile=True`` fuses it with torch.compile);
+(``nblib.core.regularizer``) gets the closed-form batched step (``compile=True`` fuses it with torch.compile);
 any other model the torch.func step (vmap over chains and examples, grad).
 
 The model is a function h(params, x) with one scalar output per example, or any ``torch.nn.Module``
 with k outputs per example (module(X): [n] or [n, k]; y of the same shape, and the loss sums over the
 outputs, ‖h(x_i; θ) − y_i − σZ_i‖² with independent noise on each). A module's chains run through
-``nblib.module_chains``: stacked parameters, vmapped forward passes, and reg per chain from the
+``nblib.core.module_chains``: stacked parameters, vmapped forward passes, and reg per chain from the
 per-layer rules. With ``per_chain_data=True``, X [C, n, *x] and y [C, n(, k)] give every chain its own
 data set (replicates on different splits).
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .seeds import seed_offset
+from .replicates import seed_offset
 
 LEDGER_MIME = "application/vnd.nblib.ledger+json"
 STATUSES = {

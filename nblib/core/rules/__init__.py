@@ -1,4 +1,4 @@
-"""The per-layer rules of the fast path of ``nblib.module_reg``: a registry, one file per layer type.
+"""The per-layer rules of the fast path of ``nblib.core.module_reg``: a registry, one file per layer type.
 
 A rule computes, for every example i, Σ over one layer's own trainable parameters θ of ‖∇_θ h(x_i)‖² from
 two things the fast path already has: the inputs of the layer's calls (recorded on the forward pass) and
@@ -20,7 +20,7 @@ class Rule:
     """How the squared per-example gradient norm of one layer type's parameters follows from its calls.
 
     The contract, for a layer m of a registered type, whose calls in the forward pass are the only uses of
-    its parameters in the autograd graph (``nblib.module_reg`` checks that, and that m is not parametrized):
+    its parameters in the autograd graph (``nblib.core.module_reg`` checks that, and that m is not parametrized):
 
     * ``covers(m) -> bool``: whether this instance follows the rule (e.g. Conv only with groups == 1 and
       zeros padding); an instance not covered goes through the generic torch.func path. Default: True.
@@ -34,7 +34,7 @@ class Rule:
       (it is double-backwarded for ∇reg).
     * ``forward_chains(m, p, x, C) -> Tensor`` (optional): the layer applied to C chains at once, chain c
       with its own parameters p[name][c] ({name: [C, *shape]}, the layer's own parameter names) on its
-      rows of x ([C·B, ...], chain-major); returns [C·B, ...]. Lets ``nblib.module_chains`` run C copies
+      rows of x ([C·B, ...], chain-major); returns [C·B, ...]. Lets ``nblib.core.module_chains`` run C copies
       of an nn.Sequential as a few batched products under plain autograd. Default: None (not provided).
 
     Positions t run over everything the layer's parameters are shared across within one example: sequence

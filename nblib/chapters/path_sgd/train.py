@@ -27,8 +27,8 @@ import math
 import torch
 from torch import nn
 
-from ..runtime import cpu_settings
-from ..trajectory import HUGE, DivergenceError, Trajectory, check_finite
+from ...core.runtime import cpu_settings
+from ...core.trajectory import HUGE, DivergenceError, Trajectory, check_finite
 
 
 def summed_cross_entropy(outputs, y) -> torch.Tensor:

@@ -5,7 +5,7 @@
     theory_line(ax, t, values)    a closed-form prediction, dotted black (a number: a horizontal line)
     spectrum(ax, eigenvalues)     eigenvalues, largest first, on a log axis
 
-Each takes a matplotlib axis and returns it; colours come from ``nblib.style.COLORS``.
+Each takes a matplotlib axis and returns it; colours come from ``nblib.book.style.COLORS``.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ BOOK_STYLE = {
 }
 
 
-def use_book_style() -> None:
+def use_style() -> None:
     """Apply the book's matplotlib style (call once at the top of a chapter)."""
     mpl.rcParams.update(BOOK_STYLE)
 

@@ -17,7 +17,7 @@ together, so that a step costs few tensor operations); group g holds, for all M 
 widths' hidden units side by side, W1 [M, ΣH, d], b1 [M, ΣH], and a block-diagonal output layer
 W2 [M, K_g·C, ΣH] (network j reads only its own units; the off-block entries are zero and stay zero),
 b2 [M, K_g·C]. Every network's loss is its own mean cross-entropy and the bank's loss is their sum, so
-each network follows exactly the trajectory it would follow trained alone by ``nblib.path_sgd.train``
+each network follows exactly the trajectory it would follow trained alone by ``nblib.chapters.path_sgd.train``
 with ``torch.optim.SGD(lr, momentum)`` and the same minibatch seed, until it stops.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from .path_sgd import layered_relu_mlp
-from .runtime import cpu_settings
-from .trajectory import HUGE, DivergenceError
+from ..core.runtime import cpu_settings
+from ..core.trajectory import HUGE, DivergenceError
 
 GROUP_UNITS = 64       # consecutive widths share a group while its hidden units number at most this
 
@@ -188,7 +188,7 @@ def train_to_loss(bank: ReplicateBank, X: torch.Tensor, y: torch.Tensor, *, batc
     epoch, or for ``max_epochs`` (all of them, with ``loss_target`` = 0).
 
     X [M, n, d], y [M, n]: problem m's training set. batch_seeds[m]: the seed of problem m's minibatch
-    order (a generator seeded once, ``randperm(n)`` every epoch, as ``nblib.path_sgd.train``).
+    order (a generator seeded once, ``randperm(n)`` every epoch, as ``nblib.chapters.path_sgd.train``).
     Returns {"epochs": [M, K] epochs trained, "reached": [M, K] bool (stopped by the target), "loss",
     "err": [M, K] cross-entropy and error on the whole training set after the stop}.
     Runs under ``cpu_settings``; raises DivergenceError (naming lr) on a non-finite loss."""
@@ -241,8 +241,8 @@ def train_to_loss(bank: ReplicateBank, X: torch.Tensor, y: torch.Tensor, *, batc
 
 def bank_norms(bank: ReplicateBank) -> dict[str, torch.Tensor]:
     """Norms of every network, [M, K] float64: path-norm φ₂ (biases as edges from a constant unit, as
-    ``nblib.path_sgd.path_norm``), ℓ2 norm √μ₂,₂, product of the spectral norms of W₁ and W₂, and the
-    number of parameters (as ``nblib.path_sgd.network_norms``)."""
+    ``nblib.chapters.path_sgd.path_norm``), ℓ2 norm √μ₂,₂, product of the spectral norms of W₁ and W₂, and the
+    number of parameters (as ``nblib.chapters.path_sgd.network_norms``)."""
     K, M, C = len(bank.widths), bank.M, bank.C
     out = {key: torch.empty(M, K, dtype=torch.float64)
            for key in ("path", "l2", "spectral_product", "parameters")}

@@ -21,8 +21,8 @@ import math
 import torch
 from torch import nn
 
-from ..runtime import cpu_settings
-from ..trajectory import HUGE, Trajectory
+from ...core.runtime import cpu_settings
+from ...core.trajectory import HUGE, Trajectory
 from .optim import layered_relu_mlp, linear_layers
 
 METHODS = ("SGD", "AdaGrad", "Path-SGD")
