@@ -17,7 +17,8 @@ predicted training-error floor of the Ornstein–Uhlenbeck picture.
 
 Replicates with their own data: ``sensing_problems`` stacks R problems (problem r is exactly
 ``sensing_problem(..., seed=seeds[r])``) along a leading dimension, and ``full_batch_runs`` runs
-full-batch label-noise SGD (B = n) on C chains of every problem at once. Its chain c of problem r takes
+full-batch label-noise SGD (B = n) on C chains of every problem at once, as one ``nblib.label_noise_sgd``
+call on the packed model ``matrix_sensing_packed`` with one data set per problem. Its chain c of problem r takes
 exactly the steps of chain c of ``nblib.label_noise_sgd`` on that problem alone with ``seed=seeds[r]``
 (the same draws; tested), so a replicate is (problem, noise) and R replicates are one batched loop. The
 measurements accept a stacked problem with U of shape [..., R, C, d, d].
@@ -30,13 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from ..core import validate
-from ..core.label_noise import CHUNK
-from .models import matrix_sensing, sensing_metric
-from ..core.runtime import cpu_settings
-from ..core.trajectory import Trajectory, check_finite
+from ..core.label_noise import label_noise_sgd
+from ..core.trajectory import Trajectory
+from .models import _triangle, matrix_sensing, matrix_sensing_packed, pack_sensing, sensing_metric
 
 __all__ = ["SensingProblem", "effective_rank", "expected_reg", "full_batch_runs", "gram",
-           "matrix_sensing", "nuclear_norm", "ou_train_floor", "predictions", "reg", "reg_closed_form",
+           "matrix_sensing", "matrix_sensing_packed", "nuclear_norm", "ou_train_floor", "pack_sensing",
+           "packed_data", "predictions", "reg", "reg_closed_form",
            "sensing_metric", "sensing_problem", "sensing_problems", "spectrum", "test_error",
            "train_error"]
 
@@ -257,30 +258,30 @@ def ou_train_floor(problem: SensingProblem, U: torch.Tensor, *, lr: float, noise
 
 # ----------------------------------------------------------------------------- replicates, one loop
 
-def _per_chain_list(value, C: int, name: str) -> list[float]:
-    values = [value] * C if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
-    if len(values) != C:
-        raise ValueError(f"{name} must be one number or one per chain ({C}); got {len(values)} values")
-    return [validate.nonnegative(v, name) for v in values]
-
-
-def _problem_major(v: torch.Tensor, C: int, R: int) -> torch.Tensor:
-    """[C·R, ...] ordered [chain][problem] -> [R·C, ...] ordered [problem][chain]."""
-    return v.view(C, R, *v.shape[1:]).transpose(0, 1).reshape(C * R, *v.shape[1:])
+def packed_data(problems: SensingProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X, y) of R stacked problems for ``matrix_sensing_packed`` with ``per_chain_data=True``: X [R, n, m]
+    the upper triangles of (A_i + A_iᵀ)/2 (m = d(d+1)/2; problems sharing their A_i: one [n, m]
+    expanded, no copy) and y [R, n]."""
+    if problems.replicates is None:
+        raise ValueError("problems must be stacked (nblib.chapters.matrix_sensing.sensing_problems)")
+    upper, _, _ = _triangle(problems.d, problems.y.device)
+    X = problems.sym_flat[..., upper].contiguous()
+    if X.ndim == 2:
+        X = X.expand(problems.replicates, *X.shape)
+    return X, problems.y
 
 
 def full_batch_runs(problems: SensingProblem, U0: torch.Tensor, *, lr: float, noise_std, lam=0.0,
                     steps: int, seeds, noise_off_after: int | None = None, record_every: int | None = None,
                     threads: int | None = 1) -> Trajectory:
-    """Full-batch label-noise SGD (B = n) on C chains of each of the R stacked ``problems`` at once.
+    """Full-batch label-noise SGD (B = n) on C chains of each of the R stacked ``problems`` at once:
+    one call of ``nblib.label_noise_sgd`` on ``matrix_sensing_packed`` with one data set per problem.
 
     Chain c of problem r: U ← U − η ∇_U [(1/n) Σ_i (⟨A_i, UUᵀ⟩ − y_i − σ_c Z_i)² + λ_c·reg(U)], Z fresh
-    at every step from the generator seeded ``seeds[r]``, drawn as ``nblib.label_noise_sgd`` draws them
-    (chunks of CHUNK steps, [CHUNK, C, n]): it takes the very steps of chain c of
+    at every step from the generator seeded ``seeds[r]``: the very steps of chain c of
     ``label_noise_sgd(matrix_sensing, {"U": U0}, A_r, y_r, lr=lr, noise_std=noise_std, lam=lam,
     chains=C, batch_size=n, seed=seeds[r], noise_off_after=...)``. noise_std and lam: one number or
     one per chain (C = their length); σ = 0, λ > 0 is the explicit flow, σ = λ = 0 plain GD.
-    noise_off_after: from this step on σ = 0. record_every: as label_noise_sgd (default 100 records).
 
     Each step applies every problem's measurement operator twice (predictions, then the gradient), with
     the data stored once as the upper triangle of (A_i + A_iᵀ)/2 (d(d+1)/2 numbers per measurement).
@@ -296,90 +297,23 @@ def full_batch_runs(problems: SensingProblem, U0: torch.Tensor, *, lr: float, no
     seeds = list(seeds)
     if len(seeds) != R or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise ValueError(f"seeds must be {R} integers, one per problem; got {seeds!r}")
-    lr = validate.positive(lr, "lr")
-    steps = validate.count(steps, "steps", minimum=0)
     C = len(noise_std) if not isinstance(noise_std, (int, float)) else (
         len(lam) if not isinstance(lam, (int, float)) else 1)
-    sig = _per_chain_list(noise_std, C, "noise_std")
-    lam_ = _per_chain_list(lam, C, "lam")
-    off = steps if noise_off_after is None else validate.count(noise_off_after, "noise_off_after", minimum=0)
-    every = max(1, steps // 100) if record_every is None else validate.count(record_every, "record_every")
-    d, n, dtype, device = problems.d, problems.n, problems.y.dtype, problems.y.device
+    sig, lam_ = _per_chain_list(noise_std, C, "noise_std"), _per_chain_list(lam, C, "lam")
+    d, dtype = problems.d, problems.y.dtype
     if not isinstance(U0, torch.Tensor) or U0.shape != (d, d) or not torch.isfinite(U0).all():
         raise ValueError(f"U0 must be a finite tensor of shape [{d}, {d}]")
+    X, y = packed_data(problems)
+    run = label_noise_sgd(matrix_sensing_packed, {"U": U0.to(dtype=dtype, device=y.device)}, X, y,
+                          lr=lr, noise_std=sig * R, lam=lam_ * R, chains=R * C, steps=steps,
+                          batch_size=problems.n, seeds=seeds, noise_off_after=noise_off_after,
+                          record_every=record_every, threads=threads, per_chain_data=True)
+    run.config["chains_per_problem"] = C
+    return run
 
-    # Inside the loop the chains are ordered [chain c][problem r] (flat CR = C·R), so that the chains
-    # of one kind (one σ, one λ) are a contiguous block; the records are reordered to [r][c].
-    CR = C * R
-    rows, cols = torch.triu_indices(d, d, device=device)
-    m = len(rows)
-    upper = rows * d + cols                                          # [m] flat index of j ≤ k
-    pos = torch.zeros(d, d, dtype=torch.long, device=device)
-    pos[rows, cols] = torch.arange(m, device=device)
-    full = torch.maximum(pos, pos.T).reshape(-1)                     # [d²] upper-triangle slot of (j, k)
-    weight = torch.where(rows == cols, 1.0, 2.0).to(dtype)           # ⟨S, X⟩ = Σ_{j≤k} w S_jk X_jk
-    S_half = problems.sym_flat[..., upper].contiguous()              # [n, m] shared, or [R, n, m]
-    shared = S_half.ndim == 2
-    M2 = 2 * problems.metric                                         # ∇reg = 2MU: [d, d] or [R, d, d]
-    y = problems.y.repeat(C, 1)                                      # [CR, n]
-    sigma_c = torch.tensor(sig, dtype=dtype, device=device).repeat_interleave(R)[:, None]
-    noisy = any(v > 0 for v in sig)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    hint = f"Lower lr (now {lr:g}) or noise_std (now {max(sig):g})" + (
-        f" or lam (now {max(lam_):g})." if any(v > 0 for v in lam_) else ".")
 
-    def forward(Xh, Y):
-        """[CR, n]: ⟨S_i, X_c⟩ − Y (beta = −1: the residuals)."""
-        if shared:
-            return torch.addmm(Y, Xh, S_half.T, beta=-1)
-        out = torch.bmm(Xh.view(C, R, m).transpose(0, 1), S_half.transpose(1, 2))   # [R, C, n]
-        return out.transpose(0, 1).reshape(CR, n) - Y
-
-    def backward(g):
-        """[CR, m]: Σ_i g_ci S_i, as an upper triangle."""
-        if shared:
-            return g @ S_half
-        return torch.bmm(g.view(C, R, n).transpose(0, 1), S_half).transpose(0, 1).reshape(CR, m)
-
-    def half(U):
-        return torch.bmm(U, U.transpose(1, 2)).view(CR, d * d).index_select(1, upper) * weight
-
-    out_steps, out_U, out_loss, out_reg = [], [], [], []
-
-    def record(t, U):
-        Xh = half(U)
-        loss = forward(Xh, y).pow(2).mean(-1)
-        check_finite(loss, t, hint)
-        reg_ = (problems.metric * (U @ U.transpose(1, 2)).view(C, R, d, d)).sum((-2, -1))   # [C, R]
-        out_steps.append(t)
-        out_U.append(_problem_major(U, C, R).clone())
-        out_loss.append(_problem_major(loss, C, R))
-        out_reg.append(reg_.T.reshape(-1))
-
-    flows = [(slice(c * R, (c + 1) * R), v) for c, v in enumerate(lam_) if v > 0]
-    U = U0.to(dtype=dtype, device=device).expand(CR, d, d).clone()
-    with cpu_settings(threads), torch.no_grad():
-        record(0, U)
-        t = 0
-        while t < steps:
-            K = min(CHUNK, steps - t)
-            if noisy:                                                # [CHUNK, R, C, n] -> [K, CR, n]
-                Z = torch.stack([torch.randn(CHUNK, C, n, generator=g, dtype=dtype) for g in gens], 1)
-                Yc = y + sigma_c * Z[:K].transpose(1, 2).reshape(K, CR, n).to(device)
-            for k in range(K):
-                r = forward(half(U), Yc[k] if noisy and t < off else y)
-                # ∇ (1/n) Σ r_i² = (4/n) Σ_i r_i S_i U, with S_i = (A_i + A_iᵀ)/2
-                grad = torch.bmm(backward(r).index_select(1, full).view(CR, d, d), U)
-                grad.mul_(4.0 / n)
-                for block, lam_value in flows:                       # λ·∇reg on those chains
-                    grad[block].add_(M2 @ U[block], alpha=lam_value)
-                U = U - lr * grad
-                t += 1
-                if t % every == 0 or t == steps:
-                    record(t, U)
-            check_finite(r.pow(2).mean(-1), t, hint)
-    config = dict(model="matrix_sensing", lr=[lr] * CR, noise_std=sig * R, lam=lam_ * R, steps=steps,
-                  batch_size=n, noise="gaussian", seeds=seeds, chains_per_problem=C,
-                  noise_off_after=noise_off_after)
-    return Trajectory(steps=torch.tensor(out_steps), params={"U": torch.stack(out_U)},
-                      loss=torch.stack(out_loss), reg=torch.stack(out_reg), config=config)
+def _per_chain_list(value, C: int, name: str) -> list[float]:
+    values = [value] * C if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
+    if len(values) != C:
+        raise ValueError(f"{name} must be one number or one per chain ({C}); got {len(values)} values")
+    return [validate.nonnegative(v, name) for v in values]

@@ -326,6 +326,145 @@ with_closed_form(matrix_sensing, forward=_sensing_forward, vjp=_sensing_vjp,
                  sq_grad_norms=_sensing_sq_grad_norms, reg=_sensing_reg, reg_grad=_sensing_reg_grad)
 
 
+# ----------------------------------------------------------------------------- matrix sensing, packed
+
+_TRIANGLES: dict = {}
+
+
+def _triangle(d: int, device) -> tuple:
+    """(upper, full, weight) for d: the flat indices of the upper triangle j ≤ k of a d×d matrix, the
+    upper-triangle slot of every entry (j, k), and the weights w_jk (1 on the diagonal, 2 off it) with
+    ⟨S, X⟩ = Σ_{j≤k} w_jk S_jk X_jk for symmetric S, X."""
+    key = (d, str(device))
+    if key not in _TRIANGLES:
+        rows, cols = torch.triu_indices(d, d, device=device)
+        pos = torch.zeros(d, d, dtype=torch.long, device=device)
+        pos[rows, cols] = torch.arange(len(rows), device=device)
+        _TRIANGLES[key] = (rows * d + cols, torch.maximum(pos, pos.T).reshape(-1),
+                           torch.where(rows == cols, 1.0, 2.0))
+    return _TRIANGLES[key]
+
+
+def pack_sensing(A: torch.Tensor) -> torch.Tensor:
+    """[..., d(d+1)/2]: the upper triangle of S = (A + Aᵀ)/2 for sensing matrices A [..., d, d]."""
+    d = A.shape[-1]
+    upper, _, _ = _triangle(d, A.device)
+    sym = (A + A.transpose(-1, -2)) / 2
+    return sym.reshape(*sym.shape[:-2], d * d)[..., upper].contiguous()
+
+
+def _unpack(s: torch.Tensor, d: int) -> torch.Tensor:
+    """S [..., d, d] from its upper triangle s [..., d(d+1)/2]."""
+    _, full, _ = _triangle(d, s.device)
+    return s[..., full].reshape(*s.shape[:-1], d, d)
+
+
+def _half(U: torch.Tensor) -> torch.Tensor:
+    """[C, m]: w ⊙ upper triangle of U_c U_cᵀ, so that ⟨S, UUᵀ⟩ = half(U) · s."""
+    C, d = U.shape[0], U.shape[-1]
+    upper, _, weight = _triangle(d, U.device)
+    return torch.bmm(U, U.transpose(1, 2)).view(C, d * d).index_select(1, upper) * weight.to(U.dtype)
+
+
+def matrix_sensing_packed(params: dict, s: torch.Tensor) -> torch.Tensor:
+    """h(s; U) = ⟨S, UUᵀ⟩ = Σ_{j≤k} w_jk s_jk (UUᵀ)_jk: ``matrix_sensing`` on one measurement given as
+    the upper triangle s of S = (A + Aᵀ)/2 (``pack_sensing``), d(d+1)/2 numbers instead of d².
+
+    ⟨A, X⟩ = ⟨S, X⟩ for symmetric X = UUᵀ, so both models have the same outputs, ∇_U h = 2SU and the
+    same reg = ⟨M, UUᵀ⟩, M = (1/n) Σ_i (2S_i)². Its closed form is ``grouped``: the chains of R
+    problems (data [R, n, m], or one shared [n, m] expanded to [R, n, m]) run as one loop that reads
+    each problem's measurements once per full-batch step for all its chains."""
+    U = params["U"]
+    return (_half(U.unsqueeze(0))[0] * s).sum()
+
+
+def _groups_of(Xb: torch.Tensor):
+    """(the data as [n, m] when it is one data set, shared or expanded; else None)."""
+    if Xb.ndim == 2:
+        return Xb
+    if Xb.shape[0] == 1 or Xb.stride(0) == 0:
+        return Xb[0]
+    return None
+
+
+def _packed_residuals(Xh: torch.Tensor, Xb: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """[C, B]: ⟨S_b, X_c⟩ − Y_cb for Xh = half(U) [C, m] and Xb [B, m] or [G, B, m]."""
+    one = _groups_of(Xb)
+    if one is not None:
+        return torch.addmm(Y, Xh, one.T, beta=-1)
+    G, C = Xb.shape[0], Xh.shape[0]
+    return torch.bmm(Xh.view(G, C // G, -1), Xb.transpose(1, 2)).reshape(C, -1) - Y
+
+
+def _packed_pullback(Xb: torch.Tensor, g: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """[C, d, d]: (Σ_b g_cb S_b) U_c."""
+    C, d = U.shape[0], U.shape[-1]
+    _, full, _ = _triangle(d, U.device)
+    one = _groups_of(Xb)
+    if one is not None:
+        half = g @ one
+    else:
+        G = Xb.shape[0]
+        half = torch.bmm(g.view(G, C // G, -1), Xb).reshape(C, -1)
+    return torch.bmm(half.index_select(1, full).view(C, d, d), U)
+
+
+def _packed_forward(P, Xb):
+    return _packed_residuals(_half(P["U"]), Xb, torch.zeros((), dtype=P["U"].dtype))
+
+
+def _packed_vjp(P, Xb, r):
+    return {"U": 2 * _packed_pullback(Xb, r, P["U"])}
+
+
+def _packed_loss_grad(P, Xb, Yb):
+    """∇_U (1/B) Σ_b r_b² = (4/B) Σ_b r_b S_b U, r_b = ⟨S_b, UUᵀ⟩ − Y_b."""
+    U = P["U"]
+    r = _packed_residuals(_half(U), Xb, Yb)
+    grad = _packed_pullback(Xb, r, U)
+    return {"U": grad.mul_(4.0 / r.shape[1])}, r
+
+
+_PACKED_METRIC: dict = {}
+
+
+def _packed_metric(X: torch.Tensor, d: int) -> torch.Tensor:
+    """M = (1/n) Σ_i (2S_i)² per data set: [d, d] for X [n, m] (or one expanded), [G, d, d] for
+    [G, n, m]; the last one computed is kept (weak reference and version), like ``sensing_metric``."""
+    ref = _PACKED_METRIC.get("ref")
+    if ref is None or ref() is not X or _PACKED_METRIC.get("version") != X._version:
+        one = _groups_of(X)
+        sym = _unpack(one if one is not None else X, d)
+        M = (4 * sym @ sym).mean(-3)
+        _PACKED_METRIC.update(ref=weakref.ref(X), version=X._version, M=M, M2=2 * M)
+    return _PACKED_METRIC["M"]
+
+
+def _packed_reg(P, X):
+    """[C]: ⟨M_g, U_c U_cᵀ⟩ with M_g the metric of chain c's data set."""
+    U = P["U"]
+    C, d = U.shape[0], U.shape[-1]
+    M = _packed_metric(X, d)
+    G = 1 if M.ndim == 2 else M.shape[0]
+    return (M.reshape(G, 1, d, d) * (U @ U.transpose(1, 2)).view(G, C // G, d, d)).sum((-2, -1)).reshape(C)
+
+
+def _packed_reg_grad(P, X):
+    """{U: [C, d, d]}: ∇_U reg = 2M_g U_c."""
+    U = P["U"]
+    C, d = U.shape[0], U.shape[-1]
+    _packed_metric(X, d)
+    M2 = _PACKED_METRIC["M2"]
+    if M2.ndim == 2:
+        return {"U": M2 @ U}
+    G = M2.shape[0]
+    return {"U": (M2.unsqueeze(1) @ U.view(G, C // G, d, d)).reshape(C, d, d)}
+
+
+with_closed_form(matrix_sensing_packed, forward=_packed_forward, vjp=_packed_vjp,
+                 loss_grad=_packed_loss_grad, reg=_packed_reg, reg_grad=_packed_reg_grad, grouped=True)
+
+
 # ----------------------------------------------------------------------------- sigmoid / tanh units
 
 ACTIVATIONS = ("logistic", "tanh")

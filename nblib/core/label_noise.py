@@ -19,7 +19,9 @@ with k outputs per example (module(X): [n] or [n, k]; y of the same shape, and t
 outputs, ‖h(x_i; θ) − y_i − σZ_i‖² with independent noise on each). A module's chains run through
 ``nblib.core.module_chains``: stacked parameters, vmapped forward passes, and reg per chain from the
 per-layer rules. With ``per_chain_data=True``, X [C, n, *x] and y [C, n(, k)] give every chain its own
-data set (replicates on different splits).
+data set (replicates on different splits); X [G, n, *x] and y [G, n(, k)] with G dividing C give one to
+each group of C/G consecutive chains (replicate problems, several chains each). A closed form declared
+``grouped`` reads each group's data once per full-batch step for all its chains.
 
 Randomness: ``seed`` (one int) drives all chains from one generator; ``seeds=[s_0, …, s_{G−1}]`` splits
 the C chains into G consecutive groups, group g drawing from its own generator seeded s_g. So chain c of a
@@ -252,9 +254,14 @@ def _hint(lr, noise_std, lam) -> str:
     return hint + "."
 
 
-def _loss_and_reg(model, X, y, *, per_chain: bool, fast: bool, masks, chains: ModuleChains | None):
+def _loss_and_reg(model, X, y, *, per_chain: bool, fast: bool, masks, chains: ModuleChains | None,
+                  grouped: bool = False):
     """(loss(P) -> [C], reg(P) -> [C]): the clean full-data loss of every chain and its regularizer
-    (with frozen entries: the regularizer of the trainable ones, (1/n) Σ_i ‖m ⊙ ∇_θ h(x_i; θ)‖²)."""
+    (with frozen entries: the regularizer of the trainable ones, (1/n) Σ_i ‖m ⊙ ∇_θ h(x_i; θ)‖²).
+    grouped: X holds data per group of chains, read by the model's grouped closed form."""
+    if grouped:
+        cf = closed_form_of(model)
+        return lambda P: (cf.forward(P, X) - y).pow(2).mean(1), lambda P: cf.reg(P, X)
     if chains is not None:
         def loss(P):
             r = chains.forward(P, X, shared=not per_chain) - y
@@ -350,12 +357,12 @@ def _setup_data(model, chains: ModuleChains | None, P: dict, X, y, per_chain: bo
     return X, y, X0.shape[0]
 
 
-def _gather(T: torch.Tensor, idx: torch.Tensor, per_chain: bool) -> torch.Tensor:
-    """Rows idx [..., C, B] of the data T ([n, ...], or [C, n, ...] with one data set per chain)."""
-    if not per_chain:
+def _gather(T: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Rows idx [..., C, B] of the data T ([n, ...]; or, with ``rows`` [C], the data sets T [G, n, ...],
+    chain c reading T[rows[c]])."""
+    if rows is None:
         return T[idx]
-    C = idx.shape[-2]
-    return T[torch.arange(C).reshape(C, 1), idx]
+    return T[rows.reshape(-1, 1), idx]
 
 
 def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, noise_std, steps: int,
@@ -378,7 +385,8 @@ def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, no
         own parameters, copied to every chain) or stacked ({name: [C, *shape]}, e.g. from
         ``nblib.stack_modules``); its parameters with requires_grad=False stay fixed.
     X, y: the data, [n, *x] and [n] (a module: [n, k] for k outputs); with ``per_chain_data=True``
-        [C, n, *x] and [C, n(, k)], chain c training on X[c], y[c].
+        [G, n, *x] and [G, n(, k)], G = C (chain c training on X[c], y[c]) or G dividing C (group g of
+        C/G consecutive chains sharing X[g], y[g]; X may be an expanded view of one [n, *x]).
     lr, noise_std, lam: one number for every chain, or one per chain.
     seed / seeds: one generator for all chains, or one per group of chains (see the module docstring).
     trainable: {name: mask} freezes parameters (mask 0) per chain ([C]) or per entry (broadcastable to
@@ -435,10 +443,19 @@ def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, no
         raise ValueError("lam > 0 with frozen parameters (trainable=...) is not supported: the "
                          "regularizer of such a run sums only over the trainable parameters")
 
-    cf = None if module is not None or per_chain_data else closed_form_of(model)
+    cf = None if module is not None else closed_form_of(model)
+    if per_chain_data and not (cf is not None and cf.grouped):
+        cf = None
     use_closed_form = fast and cf is not None and (not any_lam or cf.reg_grad is not None)
     full_batch = batch_size == n
     shared = full_batch and not per_chain_data
+    rows = y_rows = None
+    if per_chain_data:             # data set of every chain: G groups of C/G consecutive chains
+        rows, y_rows = torch.arange(C) // (C // X.shape[0]), torch.arange(C)
+        y = y[rows] if y.shape[0] < C else y
+        if X.shape[0] < C and not use_closed_form:     # the generic paths read one data set per chain
+            X, rows = X[rows], y_rows
+    grouped = use_closed_form and per_chain_data
     lr_ = {k: _per_param(lr, v) for k, v in P.items()}
     lam_ = {k: _per_param(lam, v) for k, v in P.items()}
     if module is not None:
@@ -468,7 +485,7 @@ def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, no
     per_chunk = CHUNK * C * batch_size * x_size <= GATHER_LIMIT
     clean = (y if per_chain_data else y.expand(C, *y.shape)) if full_batch else None
     record = _Recorder(*_loss_and_reg(model, X, y, per_chain=per_chain_data, fast=fast, masks=masks,
-                                      chains=module), record_reg)
+                                      chains=module, grouped=grouped), record_reg)
     with cpu_settings(threads), torch.no_grad():
         record(0, P, hint)
         t = 0
@@ -476,7 +493,7 @@ def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, no
             K = min(CHUNK, steps - t)
             idx, Z = _draw(gens, C, n, batch_size, noise, dtype, full_batch, needs_noise, out)
             if idx is not None and per_chunk:             # small data: gather the chunk at once
-                Xc, yc = _gather(X, idx[:K], per_chain_data), _gather(y, idx[:K], per_chain_data)
+                Xc, yc = _gather(X, idx[:K], rows), _gather(y, idx[:K], y_rows)
             if needs_noise and (full_batch or per_chunk):  # noisy labels of the chunk at once
                 Yc = (y if full_batch else yc) + _scale_chunk(sigma, Z[:K])
             for k in range(K):
@@ -485,7 +502,7 @@ def label_noise_sgd(model, params: dict | None = None, X=None, y=None, *, lr, no
                 elif per_chunk:
                     Xb, yb = Xc[k], yc[k]
                 else:                                       # large data: one minibatch at a time
-                    Xb, yb = _gather(X, idx[k], per_chain_data), _gather(y, idx[k], per_chain_data)
+                    Xb, yb = _gather(X, idx[k], rows), _gather(y, idx[k], y_rows)
                 if t >= off or not needs_noise:
                     Yb = yb
                 elif full_batch or per_chunk:

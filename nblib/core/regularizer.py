@@ -36,6 +36,11 @@ class ClosedForm:
     reg_and_grad(P, X) -> ([C], {name: ...}) reg and ∇reg in one pass (optional)
     loss_grad(P, Xb, Yb) -> ({name: ...}, r)  ∇ (1/B) Σ_b (h(θ_c, x_cb) − Y_cb)² and the residuals r
                                              [C, B], in one pass (optional: else forward + vjp)
+
+    grouped=True declares that every piece also takes data per group of chains: Xb and X of shape
+    [G, B, *xshape] with G dividing C, group g of C/G consecutive chains using Xb[g] (G = C: one data
+    set per chain). Then ``label_noise_sgd(..., per_chain_data=True)`` uses the closed form, and a
+    full-batch step reads each group's data once for all its chains; ``reg`` is required.
     """
 
     forward: Callable
@@ -45,6 +50,7 @@ class ClosedForm:
     reg_grad: Callable | None = None
     reg_and_grad: Callable | None = None
     loss_grad: Callable | None = None
+    grouped: bool = False
 
 
 def with_closed_form(model: Callable, **pieces) -> Callable:

@@ -48,13 +48,20 @@ def as_data(X, y=None, *, dtype: torch.dtype, outputs: bool = False) -> tuple[to
 
 
 def as_chain_data(X, y, chains: int, *, dtype: torch.dtype, outputs: bool = False):
-    """One data set per chain: X [C, n, ...], y [C, n] (with ``outputs``: [C, n] or [C, n, k])."""
+    """Data per group of chains: X [G, n, ...], y [G, n] (with ``outputs``: [G, n] or [G, n, k]), G dividing
+    the number of chains C (G = C: one data set per chain; G < C: group g of C/G consecutive chains
+    shares X[g], y[g]). X may be an expanded view (X0.expand(G, ...)): inputs shared, labels not."""
     X, y = torch.as_tensor(X, dtype=dtype), torch.as_tensor(y, dtype=dtype)
     for name, T in (("X", X), ("y", y)):
-        if T.ndim < 2 or T.shape[0] != chains:
-            raise ValueError(f"with per_chain_data=True, {name} needs a leading chain dimension of "
-                             f"{chains} (one data set per chain); got shape {tuple(T.shape)}")
-    return X, torch.stack([as_data(X[c], y[c], dtype=dtype, outputs=outputs)[1] for c in range(chains)])
+        if T.ndim < 2 or T.shape[0] == 0 or chains % T.shape[0]:
+            raise ValueError(f"with per_chain_data=True, {name} needs a leading dimension of {chains} data "
+                             f"sets (one per chain) or of a number of groups dividing {chains}; got shape "
+                             f"{tuple(T.shape)}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"with per_chain_data=True, X and y need the same leading dimension; got "
+                         f"{X.shape[0]} and {y.shape[0]}")
+    G = X.shape[0]
+    return X, torch.stack([as_data(X[g], y[g], dtype=dtype, outputs=outputs)[1] for g in range(G)])
 
 
 def positive(value, name: str) -> float:

@@ -283,3 +283,20 @@ def test_compiled_step_follows_the_eager_trajectory():
     fused = nblib.label_noise_sgd(two_layer_relu, params, X.float(), y.float(), compile=True, **kw)
     for k in eager.params:
         assert torch.allclose(eager.params[k], fused.params[k], atol=1e-5), k
+
+
+def test_data_per_group_of_chains_is_data_per_chain():
+    """X [G, n], y [G, n] with G = 2 groups of 3 chains = the same data repeated for every chain."""
+    params, X, y = relu_problem()
+    Xg = torch.stack([X, X.flip(0)])
+    yg = torch.stack([y, 2 * y])
+    kw = dict(lr=0.01, noise_std=0.3, steps=200, chains=6, seeds=[1, 2], batch_size=3, record_every=100,
+              per_chain_data=True)
+    grouped = nblib.label_noise_sgd(two_layer_relu, params, Xg, yg, **kw)
+    each = nblib.label_noise_sgd(two_layer_relu, params, Xg.repeat_interleave(3, 0),
+                                 yg.repeat_interleave(3, 0), **kw)
+    for k in grouped.params:
+        assert torch.equal(grouped.params[k], each.params[k])
+    assert torch.equal(grouped.reg, each.reg)
+    with pytest.raises(ValueError, match="dividing 6"):
+        nblib.label_noise_sgd(two_layer_relu, params, torch.stack([X] * 4), torch.stack([y] * 4), **kw)

@@ -140,7 +140,7 @@ def test_module_errors_say_what_is_wrong():
         nblib.label_noise_sgd(net, dict(net.named_parameters()), X, y, **kw)
     with pytest.raises(ValueError, match="requires_grad_"):
         nblib.label_noise_sgd(net, X=X, y=y, trainable={"0.weight": 0}, **kw)
-    with pytest.raises(ValueError, match="leading chain dimension of 2"):
+    with pytest.raises(ValueError, match="leading dimension of 2 data sets"):
         nblib.label_noise_sgd(net, X=X, y=y, chains=2, per_chain_data=True, **kw)
     bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).to(DT)
     with pytest.raises(ValueError, match="module.eval"):

@@ -253,3 +253,41 @@ def test_sensing_metric_cache_never_serves_another_tensor():
     A.mul_(2.0)
     sym = A + A.transpose(-1, -2)
     assert torch.allclose(sensing_metric(A), (sym @ sym).mean(0))
+
+
+# ----------------------------------------------------------------------------- the packed model
+
+def test_packed_model_is_matrix_sensing_on_the_upper_triangle():
+    """h, ∇_U h (autograd), reg and ∇reg of matrix_sensing_packed equal those of matrix_sensing on A."""
+    P = small_problem()
+    s = ms.pack_sensing(P.A)
+    assert s.shape == (P.n, P.d * (P.d + 1) // 2)
+    U = random_U(P.d).requires_grad_(True)
+    for i in range(3):
+        a, b = ms.matrix_sensing({"U": U}, P.A[i]), ms.matrix_sensing_packed({"U": U}, s[i])
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+        ga, = torch.autograd.grad(a, U)
+        gb, = torch.autograd.grad(b, U)
+        assert torch.allclose(ga, gb, rtol=1e-12, atol=1e-12)
+    Uc = {"U": random_U(P.d, C=3)}
+    assert torch.allclose(nblib.implicit_regularizer(ms.matrix_sensing_packed, Uc, s, stacked=True),
+                          ms.reg(P, Uc["U"]), rtol=1e-12)
+    assert torch.allclose(nblib.implicit_regularizer(ms.matrix_sensing_packed, Uc, s, stacked=True,
+                                                     fast=False), ms.reg(P, Uc["U"]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("sensing_seed", [None, 9])
+def test_packed_closed_form_per_group_matches_torch_func(sensing_seed):
+    """The grouped closed form (R problems, C chains each, full batch and minibatches, noise, explicit
+    flow) takes the steps of the torch.func reference path on one data set per chain."""
+    P = ms.sensing_problems(4, 1, 20, seeds=[1, 2], sensing_seed=sensing_seed, dtype=DT)
+    X, y = ms.packed_data(P)
+    U0 = {"U": torch.eye(4, dtype=DT)}
+    for B in (20, 5):
+        kw = dict(lr=0.01, noise_std=[0.0, 0.5, 0.0] * 2, lam=[0.0, 0.0, 0.003] * 2, chains=6,
+                  steps=300, batch_size=B, seeds=[3, 4], record_every=100, per_chain_data=True)
+        fast = nblib.label_noise_sgd(ms.matrix_sensing_packed, U0, X, y, **kw)
+        ref = nblib.label_noise_sgd(ms.matrix_sensing_packed, U0, X, y, fast=False, **kw)
+        assert torch.allclose(fast.params["U"], ref.params["U"], rtol=1e-10, atol=1e-10)
+        assert torch.allclose(fast.loss, ref.loss, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(fast.reg, ref.reg, rtol=1e-10)
