@@ -27,7 +27,7 @@ import torch
 import nblib
 from nblib.chapters import matrix_sensing as ms
 from nblib.chapters.models import init_two_layer_relu, product, two_layer_relu
-from nblib.chapters.one_point import MODELS, init_params
+from nblib.chapters.one_point import MODELS, init_unit_net
 
 from _common import RESULTS, TwoLayerReLU, machine
 
@@ -54,7 +54,7 @@ def one_point_case():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, generator=g)
     x = x / x.norm()
-    params = {k: v[0].float() for k, v in init_params(10, 5, chains=1, generator=g).items()}
+    params = {k: v[0].float() for k, v in init_unit_net(10, 5, chains=1, generator=g).items()}
     return dict(model=MODELS["tanh"], params=params, X=x[None], y=torch.tensor([1.0]), lr=0.1, noise_std=1.0,
                 batch_size=1, module=lambda: _TanhNet(params),
                 about="tanh net, m = 10, d = 5, one point, η = 0.1, σ = 1 (one-point chapter)")

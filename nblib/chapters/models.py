@@ -111,17 +111,29 @@ with_closed_form(two_layer_relu, forward=_relu_forward, vjp=_relu_vjp,
                  sq_grad_norms=_relu_sq_grad_norms, reg_grad=_relu_reg_grad)
 
 
-def init_two_layer_relu(width: int, *, scale: float = 1.0, generator: torch.Generator | None = None,
-                        dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """a_i, b_i ~ N(0, scale²), c_i ~ N(0, scale²/width), a0 = b0 = 0."""
-    g = dict(generator=generator, dtype=dtype)
-    return {
-        "a": scale * torch.randn(width, **g),
-        "b": scale * torch.randn(width, **g),
-        "c": scale * torch.randn(width, **g) / math.sqrt(width),
-        "a0": torch.zeros((), dtype=dtype),
-        "b0": torch.zeros((), dtype=dtype),
-    }
+def init_two_layer_relu(width: int, *, chains: int | None = None, scale: float = 1.0,
+                        scale_c: float | None = None, generator: torch.Generator | None = None,
+                        dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """a_i, b_i ~ N(0, scale²), c_i ~ N(0, scale_c²) (default scale_c = scale/√width), a0 = b0 = 0.
+
+    One set of parameters ([width] and 0-d), or with ``chains`` one independent draw per chain, stacked
+    ([chains, width] and [chains]); a, then b, then c are drawn from ``generator``. dtype: the default
+    dtype when None."""
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    if chains is not None and (not isinstance(chains, int) or isinstance(chains, bool) or chains < 1):
+        raise ValueError(f"chains must be a positive integer, got {chains!r}")
+    for value, name in ((scale, "scale"), (scale_c, "scale_c")):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    g = dict(generator=generator, dtype=dtype or torch.get_default_dtype())
+    lead = () if chains is None else (chains,)
+    a = scale * torch.randn(*lead, width, **g)
+    b = scale * torch.randn(*lead, width, **g)
+    c = (scale * torch.randn(*lead, width, **g) / math.sqrt(width) if scale_c is None
+         else scale_c * torch.randn(*lead, width, **g))
+    return {"a": a, "b": b, "c": c, "a0": torch.zeros(lead, dtype=g["dtype"]),
+            "b0": torch.zeros(lead, dtype=g["dtype"])}
 
 
 # ----------------------------------------------------------------------------- MLP with summed outputs

@@ -38,10 +38,9 @@ from .models import (ACTIVATIONS, UNIT_NETS, activation_derivatives, check_activ
                      init_unit_net, logistic_net, tanh_net)
 
 MODELS = UNIT_NETS                       # {"logistic": logistic_net, "tanh": tanh_net}
-init_params = init_unit_net
 
 __all__ = ["ACTIVATIONS", "MODELS", "along_x", "cluster_diameter", "continue_until_final", "count_clusters",
-           "init_params", "logistic_net", "merge_heights", "merge_tolerance", "paper_R", "predicted_optimum",
+           "init_unit_net", "logistic_net", "merge_heights", "merge_tolerance", "paper_R_unit", "predicted_optimum",
            "reduced_r", "stationarity_residual", "stationary_h", "tanh_net", "unit_pairs"]
 
 
@@ -75,7 +74,7 @@ def unit_pairs(params: dict, x, activation: str) -> tuple[torch.Tensor, torch.Te
     return params["c"], h
 
 
-def paper_R(c: torch.Tensor, h: torch.Tensor, x_norm2: float, activation: str) -> torch.Tensor:
+def paper_R_unit(c: torch.Tensor, h: torch.Tensor, x_norm2: float, activation: str) -> torch.Tensor:
     """The paper's closed form, summed over the last (unit) dimension:
     logistic Σ [h² + c² h² (1 − h)² a];  tanh Σ [h² + c² (1 − h²)² a]   (a = ‖x‖²)."""
     check_activation(activation)

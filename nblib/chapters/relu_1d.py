@@ -10,7 +10,7 @@ The paper's regularizer for this model (ReLU'(0) taken as 0) is
 
     R = Σ_{i,j} [σ(a_i x_j + b_i)² + c_i²(1 + x_j²)·1{a_i x_j + b_i > 0}] + Σ_j (1 + x_j²),
 
-and nblib's reg = R/n (``paper_R`` computes R independently of nblib's closed form).
+and nblib's reg = R/n (``paper_R_relu`` computes R independently of nblib's closed form).
 
 Also here: the data of the chapter, the shape measurements (curve length and deviation from a line, exact
 from the kinks; convexity changes forced by the data), initializations per replicate seed
@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .models import relu_preactivations, two_layer_relu
+from .models import init_two_layer_relu, relu_preactivations, two_layer_relu
 from ..core.regularizer import closed_form_of
 from ..core.runtime import cpu_settings
 from ..book.replicates import substream
@@ -232,7 +232,7 @@ def kink_count(params: dict, lo: float, hi: float, *, bins: int, threshold: floa
 
 # ----------------------------------------------------------------------------- the paper's R
 
-def paper_R(params: dict, X) -> torch.Tensor:
+def paper_R_relu(params: dict, X) -> torch.Tensor:
     """[C]: R = Σ_{i,j} [σ(a_i x_j + b_i)² + c_i²(1 + x_j²)·1{a_i x_j + b_i > 0}] + Σ_j (1 + x_j²).
 
     Written from the paper's formula with plain loops over data points (no nblib closed form), so that it
@@ -250,34 +250,17 @@ def paper_R(params: dict, X) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- initialization
 
-def init_chains(width: int, chains: int, *, scale_ab: float, scale_c: float, seed: int = 0,
-                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Stacked params for ``chains`` independent initializations: a_i, b_i ~ N(0, scale_ab²),
-    c_i ~ N(0, scale_c²), a0 = b0 = 0."""
-    if not (isinstance(width, int) and width >= 1 and isinstance(chains, int) and chains >= 1):
-        raise ValueError(f"width and chains must be positive integers, got {width!r}, {chains!r}")
-    if not (scale_ab > 0 and scale_c > 0):
-        raise ValueError(f"scales must be positive, got scale_ab={scale_ab}, scale_c={scale_c}")
-    dtype = dtype or torch.get_default_dtype()
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "a": scale_ab * torch.randn(chains, width, generator=g, dtype=dtype),
-        "b": scale_ab * torch.randn(chains, width, generator=g, dtype=dtype),
-        "c": scale_c * torch.randn(chains, width, generator=g, dtype=dtype),
-        "a0": torch.zeros(chains, dtype=dtype),
-        "b0": torch.zeros(chains, dtype=dtype),
-    }
-
-
 def init_replicates(width: int, per_seed: int, seeds, *, scale_ab: float, scale_c: float,
                     stream: str = "init", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Stacked params for ``per_seed`` initializations of every replicate seed, in seed order:
-    chains [i·per_seed, (i + 1)·per_seed) are ``init_chains`` drawn from ``substream(seeds[i], stream)``."""
+    """Stacked params for ``per_seed`` initializations of every replicate seed, in seed order: chains
+    [i·per_seed, (i + 1)·per_seed) are ``init_two_layer_relu(width, chains=per_seed, scale=scale_ab,
+    scale_c=scale_c)`` drawn from a generator seeded ``substream(seeds[i], stream)``."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must be a non-empty list of integers")
-    blocks = [init_chains(width, per_seed, scale_ab=scale_ab, scale_c=scale_c,
-                          seed=substream(s, stream), dtype=dtype) for s in seeds]
+    blocks = [init_two_layer_relu(width, chains=per_seed, scale=scale_ab, scale_c=scale_c, dtype=dtype,
+                                  generator=torch.Generator().manual_seed(substream(s, stream)))
+              for s in seeds]
     return {k: torch.cat([b[k] for b in blocks]) for k in blocks[0]}
 
 

@@ -6,7 +6,7 @@ import torch
 
 import nblib
 from nblib.chapters.one_point import (ACTIVATIONS, MODELS, along_x, cluster_diameter, continue_until_final,
-                             count_clusters, init_params, merge_heights, merge_tolerance, paper_R,
+                             count_clusters, init_unit_net, merge_heights, merge_tolerance, paper_R_unit,
                              predicted_optimum, reduced_r, stationarity_residual, stationary_h, unit_pairs)
 
 DT = torch.float64
@@ -15,7 +15,7 @@ DT = torch.float64
 def setup(activation, m=4, d=3, chains=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(d, generator=g, dtype=DT)
-    P = init_params(m, d, chains=chains, generator=g, dtype=DT, scale=1.5)
+    P = init_unit_net(m, d, chains=chains, generator=g, dtype=DT, scale=1.5)
     return MODELS[activation], P, x
 
 
@@ -49,7 +49,7 @@ def test_reg_equals_paper_R(activation):
     model, P, x = setup(activation, m=6, d=4, chains=5, seed=3)
     reg = nblib.implicit_regularizer(model, P, x[None], stacked=True, fast=False)
     c, h = unit_pairs(P, x, activation)
-    assert torch.allclose(paper_R(c, h, float(x @ x), activation), reg, rtol=1e-12)
+    assert torch.allclose(paper_R_unit(c, h, float(x @ x), activation), reg, rtol=1e-12)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -59,7 +59,7 @@ def test_stationary_h_minimizes_R_at_fixed_output(activation):
         h = torch.linspace(-0.999, 0.999, 200001, dtype=DT) if activation == "tanh" else \
             torch.linspace(1e-6, 1 - 1e-6, 200001, dtype=DT)
         h = h[h.abs() > 1e-3]
-        R = paper_R((o / h)[:, None], h[:, None], a, activation)
+        R = paper_R_unit((o / h)[:, None], h[:, None], a, activation)
         h_best = h[R.argmin()]
         h_pred = stationary_h(torch.tensor(o, dtype=DT), a, activation)
         assert abs(abs(float(h_best)) - abs(float(h_pred))) < 1e-4          # tanh: ±h give the same R
@@ -76,7 +76,7 @@ def test_predicted_optimum_is_stationary_and_on_the_manifold():
         assert abs(float(res)) < 1e-12
         c = torch.tensor([opt["c"]] * opt["active"], dtype=DT)
         h = torch.tensor([opt["h"]] * opt["active"], dtype=DT)
-        assert float(paper_R(c, h, 1.3, act)) == pytest.approx(opt["R"])
+        assert float(paper_R_unit(c, h, 1.3, act)) == pytest.approx(opt["R"])
     # logistic: a small move along Σ o = y away from the symmetric point raises R (local minimum)
     opt = predicted_optimum(3.0, 10, 1.0, "logistic")
     o = torch.full((10,), opt["o"], dtype=DT)
@@ -206,7 +206,7 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="one finite input vector"):
         along_x(P, torch.zeros(2, 3, dtype=DT))
     with pytest.raises(ValueError, match="width"):
-        init_params(0, 3, chains=2)
+        init_unit_net(0, 3, chains=2)
     P1, X1 = along_x(P, x)
     with pytest.raises(nblib.DivergenceError, match="lr"):
         nblib.label_noise_sgd(model, P1, X1, torch.tensor([1.0], dtype=DT), lr=50.0, noise_std=5.0, steps=500,

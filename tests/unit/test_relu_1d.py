@@ -6,13 +6,14 @@ from torch.func import grad, vmap
 
 import nblib
 from nblib.chapters import relu_1d as R
-from nblib.chapters.models import two_layer_relu
+from nblib.chapters.models import init_two_layer_relu, two_layer_relu
 
 DT = torch.float64
 
 
 def stacked(width=7, chains=3, seed=0):
-    P = R.init_chains(width, chains, scale_ab=1.0, scale_c=0.7, seed=seed, dtype=DT)
+    P = init_two_layer_relu(width, chains=chains, scale=1.0, scale_c=0.7, dtype=DT,
+                            generator=torch.Generator().manual_seed(seed))
     P["a0"] += 0.3
     P["b0"] -= 0.2
     return P
@@ -38,7 +39,7 @@ def test_jacobian_matches_autograd_and_zeroes_a_frozen_inner_layer(inner):
 
 def test_reg_equals_paper_R_over_n_closed_form_and_autograd():
     P, (X, _) = stacked(width=11, chains=4, seed=3), data()
-    target = R.paper_R(P, X) / len(X)
+    target = R.paper_R_relu(P, X) / len(X)
     for fast in (True, False):
         reg = nblib.implicit_regularizer(two_layer_relu, P, X, stacked=True, fast=fast)
         assert torch.allclose(reg, target, rtol=1e-12)
@@ -144,7 +145,8 @@ def test_init_replicates_draws_each_seed_from_its_named_stream():
     P = R.init_replicates(6, 2, [7, 8], scale_ab=1.0, scale_c=0.5, dtype=DT)
     assert P["a"].shape == (4, 6) and P["a0"].shape == (4,)
     for i, s in enumerate([7, 8]):
-        Q = R.init_chains(6, 2, scale_ab=1.0, scale_c=0.5, seed=nblib.book.substream(s, "init"), dtype=DT)
+        g = torch.Generator().manual_seed(nblib.book.substream(s, "init"))
+        Q = init_two_layer_relu(6, chains=2, scale=1.0, scale_c=0.5, generator=g, dtype=DT)
         for k in Q:
             assert torch.equal(P[k][2 * i:2 * i + 2], Q[k]), k
     with pytest.raises(ValueError, match="non-empty"):
@@ -193,7 +195,7 @@ def test_errors_are_value_errors_that_say_what_is_wrong():
         R.polyline_length(X, y * float("nan"))
     P = stacked()
     with pytest.raises(ValueError, match="stacked"):
-        R.paper_R({k: v[0] for k, v in P.items()}, X)
+        R.paper_R_relu({k: v[0] for k, v in P.items()}, X)
     with pytest.raises(ValueError, match="lack"):
         R.curve_length({"a": P["a"]}, 0.0, 1.0)
     with pytest.raises(ValueError, match="lo < hi"):
@@ -202,5 +204,7 @@ def test_errors_are_value_errors_that_say_what_is_wrong():
         R.inner_frozen([0.5], 1, DT)
     with pytest.raises(ValueError, match="run"):
         R.line_deviation(P, X, y, (3, 1))
-    with pytest.raises(ValueError, match="width and chains"):
-        R.init_chains(0, 2, scale_ab=1.0, scale_c=1.0)
+    with pytest.raises(ValueError, match="width"):
+        init_two_layer_relu(0, chains=2)
+    with pytest.raises(ValueError, match="scale_c"):
+        init_two_layer_relu(3, chains=2, scale_c=-1.0)
