@@ -1,13 +1,16 @@
-"""The network-size bank: every network of a ReplicateBank trained together follows the trajectory it
-follows trained alone by nblib.chapters.path_sgd.train, stops where its own epoch loss crosses the target, and its
-norms are those of nblib.chapters.path_sgd.network_norms; clear errors."""
+"""The network-size experiment on the classifiers' one trainer: every network of the width stacks trained
+together follows the plain loop of one network alone (SGD with momentum), stops where its own epoch loss
+crosses the target and keeps its weights, and its norms are those of nblib.chapters.path_sgd.network_norms;
+clear errors."""
 import pytest
 import torch
+from classifier_reference import reference_train
+from torch import nn
 
 from nblib import DivergenceError
-from nblib.chapters.network_size import (ReplicateBank, bank_norms, evaluate, first_fit, predict, train_to_loss,
-                                width_groups)
-from nblib.chapters.path_sgd import error_rate, layered_relu_mlp, network_norms, train
+from nblib.chapters.network_size import (evaluate, first_fit, predict, stack_norms, train_to_loss,
+                                         width_stacks)
+from nblib.chapters.path_sgd import layered_relu_mlp, network_norms
 
 DT = torch.float64
 WIDTHS = [2, 3, 5, 40]
@@ -20,16 +23,15 @@ def problems(M=2, n=30, d=6, C=4, seed=0):
     return X, y
 
 
-def make_bank(M=2, d=6, C=4, group_units=10, dtype=DT):
+def make_bank(M=2, d=6, C=4, dtype=DT):
     seeds = [[100 * m + k for k in range(len(WIDTHS))] for m in range(M)]
-    bank = ReplicateBank(WIDTHS, seeds, d_in=d, n_out=C, dtype=dtype, group_units=group_units)
-    return bank, seeds
+    return width_stacks(WIDTHS, seeds, d_in=d, n_out=C, dtype=dtype, group_width=10), seeds
 
 
-def test_width_groups_cut_consecutive_widths():
-    assert width_groups([2, 3, 5, 40], 10) == [[0, 1, 2], [3]]
-    assert width_groups([4, 8, 16, 32, 64, 128], 64) == [[0, 1, 2, 3], [4], [5]]
-    assert width_groups([200], 128) == [[0]]
+def test_widths_up_to_the_group_width_share_one_stack():
+    bank, _ = make_bank()
+    assert bank.groups == [[0, 1, 2], [3]] and len(bank.stacks[0]) == 6 and bank.stacks[0].sizes[1] == 5
+    assert [h for (h,) in bank.stacks[0].hidden] == [2, 2, 3, 3, 5, 5]
 
 
 def test_first_fit_is_the_start_of_the_last_run_of_reached_widths():
@@ -54,24 +56,7 @@ def test_initialization_is_the_layered_mlp_of_each_seed():
                 assert torch.equal(p, q)
 
 
-def test_each_network_follows_its_separate_training():
-    X, y = problems()
-    bank, seeds = make_bank()
-    batch_seeds = [7, 8]
-    res = train_to_loss(bank, X, y, batch_seeds=batch_seeds, lr=0.2, momentum=0.9, batch_size=8,
-                        loss_target=1e-12, max_epochs=5)
-    assert (res["epochs"] == 5).all() and not res["reached"].any()
-    for m in range(2):
-        for k, h in enumerate(WIDTHS):
-            net = layered_relu_mlp([6, h, 4], seed=seeds[m][k], dtype=DT)
-            opt = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
-            train(net, opt, X[m], y[m], epochs=5, batch_size=8, seed=batch_seeds[m], record_every=5)
-            for p, q in zip(bank.network(m, k).parameters(), net.parameters()):
-                torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-            assert res["err"][m, k] == pytest.approx(error_rate(net, X[m], y[m]))
-
-
-def test_networks_stop_at_their_own_epoch_and_stay_put():
+def test_networks_stop_at_their_own_epoch_as_the_plain_loop_does_alone():
     X, y = problems(n=20)
     bank, seeds = make_bank()
     res = train_to_loss(bank, X, y, batch_seeds=[1, 2], lr=0.1, momentum=0.9, batch_size=5,
@@ -84,22 +69,30 @@ def test_networks_stop_at_their_own_epoch_and_stay_put():
         for k, h in enumerate(WIDTHS):
             net = layered_relu_mlp([6, h, 4], seed=seeds[m][k], dtype=DT)
             opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-            traj = train(net, opt, X[m], y[m], epochs=int(res["epochs"][m, k]), batch_size=5,
-                         seed=1 + m, record_every=200)
+            epoch, losses = reference_train(net, opt, X[m], y[m], epochs=120, batch_size=5, seed=1 + m,
+                                            loss_target=0.05)
+            assert (epoch or 120) == int(res["epochs"][m, k])
             for p, q in zip(bank.network(m, k).parameters(), net.parameters()):
                 torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11)
-            assert res["loss"][m, k] == pytest.approx(float(traj.loss[-1, 0]))
+            assert res["loss"][m, k] == pytest.approx(losses[-1], rel=1e-9)
+            with torch.no_grad():
+                wrong = (net(X[m]).argmax(1) != y[m]).double().mean()
+            assert res["err"][m, k] == pytest.approx(float(wrong))
 
 
-def test_norms_errors_and_wrong_masks_match_the_standalone_networks():
+def test_norms_errors_and_predictions_match_the_standalone_networks():
     X, y = problems()
     bank, _ = make_bank()
-    with torch.no_grad():
-        for p in bank.parameters():
-            p.add_(0.3 * torch.randn_like(p))                  # nonzero biases
-        for W2, block in zip(bank.W2, bank.block):
-            W2.mul_(block)                                      # off-block entries stay zero
-    norms, (_, err), pred = bank_norms(bank), evaluate(bank, X, y), predict(bank, X)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():                      # move every real weight and bias; the padding stays zero
+        for stack in bank.stacks:
+            (W1, W2), (b1, b2) = stack.weights, stack.biases
+            for j, (h,) in enumerate(stack.hidden):
+                W1[j, :h] += 0.3 * torch.randn(W1[j, :h].shape, generator=g, dtype=DT)
+                W2[j, :, :h] += 0.3 * torch.randn(W2[j, :, :h].shape, generator=g, dtype=DT)
+                b1[j, :h] += 0.2
+                b2[j] -= 0.1
+    norms, (loss, err), pred = stack_norms(bank), evaluate(bank, X, y), predict(bank, X)
     for m in range(2):
         for k in range(len(WIDTHS)):
             net = bank.network(m, k)
@@ -107,9 +100,10 @@ def test_norms_errors_and_wrong_masks_match_the_standalone_networks():
             for key in ("path", "l2", "spectral_product", "parameters"):
                 assert norms[key][m, k] == pytest.approx(ref[key], rel=1e-10)
             with torch.no_grad():
-                p = net(X[m]).argmax(1)
-            assert torch.equal(pred[m, k], p)
-            assert err[m, k] == pytest.approx(float((p != y[m]).double().mean()))
+                out = net(X[m])
+            assert torch.equal(pred[m, k], out.argmax(1))
+            assert err[m, k] == pytest.approx(float((out.argmax(1) != y[m]).double().mean()))
+            assert loss[m, k] == pytest.approx(float(nn.functional.cross_entropy(out, y[m])), rel=1e-10)
 
 
 def test_divergence_and_bad_inputs_raise_clear_errors():
@@ -125,6 +119,6 @@ def test_divergence_and_bad_inputs_raise_clear_errors():
         train_to_loss(bank, X[0], y[0], batch_seeds=[0, 1], lr=0.1, momentum=0.9, batch_size=10,
                       loss_target=0.01, max_epochs=1)
     with pytest.raises(ValueError, match="one per width"):
-        ReplicateBank([2, 3], [[0]], d_in=6, n_out=4)
+        width_stacks([2, 3], [[0]], d_in=6, n_out=4)
     with pytest.raises(ValueError, match="positive integers"):
-        ReplicateBank([0, 3], [[0, 1]], d_in=6, n_out=4)
+        width_stacks([0, 3], [[0, 1]], d_in=6, n_out=4)

@@ -1,18 +1,17 @@
 """Path-norm, κ and Path-SGD against brute-force sums over paths; rescaling invariance and equivariance;
-the one training loop (its Trajectory, its loss hook, the width bank against separate training,
-divergence); the network stack (each of its SGD, AdaGrad and Path-SGD networks against ``train`` alone, and
-a diverging network dropped); clear errors."""
+the classifiers' one trainer (each SGD, SGD + momentum, AdaGrad and Path-SGD network of a stack against the
+plain loop alone, the loss-target stop, a diverging network dropped or named); clear errors."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from nblib import DivergenceError, Trajectory
-from nblib.chapters.path_sgd import (PathSGD, WidthBank, corrupt_labels, digits_split, error_rate, layered_relu_mlp,
+from classifier_reference import reference_train
+from nblib import DivergenceError
+from nblib.chapters.path_sgd import (PathSGD, corrupt_labels, digits_split, layered_relu_mlp,
                             linear_layers, network_norms, path_kappa, path_norm, random_rescaling_factors,
-                            rescale_hidden_units, summed_cross_entropy, train, train_in_lockstep,
-                            unbalance, weight_decay_norm)
+                            rescale_hidden_units, unbalance, weight_decay_norm)
 from nblib.chapters.path_sgd import (NetStack, StackOptimizer, stack_kappa, stack_outputs, stack_path_norm,
                             train_stack)
 
@@ -142,118 +141,6 @@ def test_path_sgd_step_is_gradient_over_kappa():
         torch.testing.assert_close(p1, p0 - 0.1 * g / kappa[p1], rtol=1e-12, atol=1e-14)
 
 
-def test_width_bank_trains_each_width_exactly_as_alone():
-    """The one loop gives each network of a bank the trajectory it follows trained alone: the same
-    weights and the same recorded losses and errors, up to rounding (the bank's matmuls are larger)."""
-    (X, y), (Xv, yv) = digits_split([60, 40], seed=0, dtype=DT)
-    widths, seeds = [3, 7, 12], [10, 11, 12]
-    bank = WidthBank(widths, d_in=64, n_out=10, seeds=seeds, dtype=DT)
-    run = train(bank, torch.optim.SGD(bank.parameters(), lr=0.05, momentum=0.9), X, y, epochs=3,
-                batch_size=20, seed=1, evals={"val": (Xv, yv)})
-    assert run.chains == 3 and run.config["networks"] == 3
-    for k, (h, s) in enumerate(zip(widths, seeds)):
-        alone = layered_relu_mlp([64, h, 10], seed=s, dtype=DT)
-        one = train(alone, torch.optim.SGD(alone.parameters(), lr=0.05, momentum=0.9), X, y, epochs=3,
-                    batch_size=20, seed=1, evals={"val": (Xv, yv)})
-        for p, q in zip(bank.network(k).parameters(), alone.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-        assert torch.equal(one.steps, run.steps)
-        torch.testing.assert_close(run.loss[:, k], one.loss[:, 0], rtol=1e-10, atol=0)
-        for name in ("train_err", "val_loss", "val_err"):
-            torch.testing.assert_close(run.metrics[name][:, k], one.metrics[name][:, 0], rtol=1e-10, atol=0)
-
-
-def test_train_returns_a_trajectory_of_the_recorded_epochs():
-    (X, y), (Xt, yt) = digits_split([50, 30], seed=2, dtype=DT)
-    net = layered_relu_mlp([64, 8, 10], seed=0, dtype=DT)
-    run = train(net, torch.optim.Adagrad(net.parameters(), lr=0.05), X, y, epochs=7, batch_size=10,
-                seed=3, evals={"test": (Xt, yt)}, record_every=3)
-    assert isinstance(run, Trajectory)
-    assert run.steps.tolist() == [0, 3, 6, 7]
-    assert run.params == {} and run.reg is None and run.loss.shape == (4, 1)
-    assert set(run.metrics) == {"train_err", "test_loss", "test_err"}
-    assert all(v.shape == (4, 1) and v.dtype == torch.float64 for v in run.metrics.values())
-    assert run.config == {"optimizer": "Adagrad", "lr": 0.05, "batch_size": 10, "epochs": 7, "seed": 3,
-                          "record_every": 3, "networks": 1, "loss_fn": "summed_cross_entropy"}
-    assert float(run.metrics["test_err"][-1, 0]) == error_rate(net, Xt, yt)
-    with torch.no_grad():
-        assert float(run.loss[-1, 0]) == float(nn.functional.cross_entropy(net(X), y))
-    assert float(run.loss[-1, 0]) < float(run.loss[0, 0])
-
-
-def test_same_seed_same_batches_and_the_loss_hook_is_used():
-    (X, y), = digits_split([40], seed=0, dtype=DT)
-
-    def fit(loss_fn=None, seed=0):
-        net = layered_relu_mlp([64, 5, 10], seed=0, dtype=DT)
-        train(net, torch.optim.SGD(net.parameters(), lr=0.1), X, y, epochs=2, batch_size=8, seed=seed,
-              loss_fn=loss_fn)
-        return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-
-    assert torch.equal(fit(), fit())
-    assert torch.equal(fit(), fit(summed_cross_entropy))
-    assert not torch.equal(fit(), fit(seed=1))
-    calls = []
-
-    def halved(outputs, yb):
-        calls.append(len(yb))
-        return 0.5 * nn.functional.cross_entropy(outputs, yb)
-
-    assert not torch.equal(fit(), fit(halved))
-    assert calls == [8] * 10                        # 2 epochs × 5 minibatches of 8
-
-
-def test_stop_at_zero_training_error():
-    (X, y), = digits_split([30], seed=0, dtype=DT)
-    net = layered_relu_mlp([64, 64, 10], seed=0, dtype=DT)
-    run = train(net, torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9), X, y, epochs=200,
-                batch_size=30, stop_at_zero_error=True)
-    assert float(run.metrics["train_err"][-1, 0]) == 0.0
-    assert float(run.metrics["train_err"][-2, 0]) > 0.0 and int(run.steps[-1]) < 200
-
-
-def test_lockstep_runs_share_minibatches_and_measure_the_function_gap():
-    """Two parametrizations of one network, trained side by side: Path-SGD keeps them one function,
-    SGD does not; model 0 follows exactly the plain loop on randperm(n, g)[:B] minibatches."""
-    net = tiny_net((5, 6, 4, 3))
-    other = unbalance(net, 1.0, seed=5)
-    X, y = torch.randn(40, 5, dtype=DT), torch.randint(0, 3, (40,))
-    Xe = torch.randn(25, 5, dtype=DT)
-    runs = {}
-    for name, make in (("path", lambda m: PathSGD(m, lr=0.05)),
-                       ("sgd", lambda m: torch.optim.SGD(m.parameters(), lr=0.05))):
-        a, b = copy.deepcopy(net), copy.deepcopy(other)
-        runs[name] = train_in_lockstep([a, b], [make(a), make(b)], X, y, steps=20, batch_size=8,
-                                       X_eval=Xe, seed=3)
-    path, sgd = runs["path"], runs["sgd"]
-    assert path.steps.tolist() == list(range(1, 21)) and path.loss.shape == (20, 2)
-    assert set(path.metrics) == {"output_gap"} and path.metrics["output_gap"].shape == (20, 2)
-    assert (path.metrics["output_gap"][:, 0] == 0).all()
-    assert float(path.metrics["output_gap"][:, 1].max()) < 1e-11
-    assert float(sgd.metrics["output_gap"][-1, 1]) > 1e-3
-    assert path.config["optimizer"] == "PathSGD" and path.config["networks"] == 2
-
-    alone = copy.deepcopy(net)
-    opt, g = PathSGD(alone, lr=0.05), torch.Generator().manual_seed(3)
-    for _ in range(20):
-        idx = torch.randperm(40, generator=g)[:8]
-        opt.zero_grad()
-        nn.functional.cross_entropy(alone(X[idx]), y[idx]).backward()
-        opt.step()
-    a, b = copy.deepcopy(net), copy.deepcopy(other)
-    train_in_lockstep([a, b], [PathSGD(a, lr=0.05), PathSGD(b, lr=0.05)], X, y, steps=20, batch_size=8,
-                      X_eval=Xe, seed=3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), alone.parameters()))
-
-
-def test_lockstep_divergence_names_lr():
-    net = layered_relu_mlp([64, 16, 10], dtype=torch.float32)
-    (X, y), = digits_split([50], seed=0, dtype=torch.float32)
-    with pytest.raises(DivergenceError, match="lr"):
-        train_in_lockstep([net], [torch.optim.SGD(net.parameters(), lr=1e20)], X, y, steps=20,
-                          batch_size=25, X_eval=X)
-
-
 def test_digits_split_and_label_corruption():
     (a, ya), (b, yb) = digits_split([100, 50], seed=3)
     assert a.shape == (100, 64) and b.shape == (50, 64) and float(a.max()) <= 1.0
@@ -274,27 +161,19 @@ def test_digits_split_and_label_corruption():
     lambda: layered_relu_mlp([5]),
     lambda: digits_split([2000]),
     lambda: corrupt_labels(torch.zeros(5, dtype=torch.int64), 1.5),
-    lambda: WidthBank([4, 0], d_in=3, n_out=2),
-    lambda: WidthBank([4, 8], d_in=3, n_out=2).network(2),
-    lambda: train(layered_relu_mlp([2, 3, 2]), torch.optim.SGD(layered_relu_mlp([2, 3, 2]).parameters(), lr=0.1),
-                  torch.tensor([[float("nan"), 0.0]], dtype=DT), torch.tensor([0]), epochs=1, batch_size=1),
-    lambda: train(layered_relu_mlp([2, 3, 2]), torch.optim.SGD(layered_relu_mlp([2, 3, 2]).parameters(), lr=0.1),
-                  torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64), epochs=1, batch_size=2, record_every=0),
-    lambda: train(layered_relu_mlp([2, 3, 2]), torch.optim.SGD(layered_relu_mlp([2, 3, 2]).parameters(), lr=0.1),
-                  torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64), epochs=1, batch_size=2, loss_fn=3),
 ])
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
         bad()
 
 
-@pytest.mark.parametrize("bank", [False, True])
-def test_divergence_raises_divergence_error_naming_lr(bank):
-    (X, y), = digits_split([50], seed=0, dtype=torch.float32)
-    net = (WidthBank([4, 16], d_in=64, n_out=10, dtype=torch.float32) if bank
-           else layered_relu_mlp([64, 16, 10], dtype=torch.float32))
-    with pytest.raises(DivergenceError, match=r"Lower the step size lr \(now 1e\+20\)"):
-        train(net, torch.optim.SGD(net.parameters(), lr=1e20), X, y, epochs=3, batch_size=50)
+def test_divergence_raises_divergence_error_naming_lr():
+    X, y, _, _ = _replicates(R=1)
+    stack = NetStack([layered_relu_mlp([64, 16, 10], dtype=DT, seed=k) for k in range(2)])
+    opt = StackOptimizer(stack, ["SGD", "SGD"], [0.1, 1e20])
+    with pytest.raises(DivergenceError, match=r"network 1 \(SGD\).*Lower the step size lr \(now 1e\+20\)"):
+        train_stack(stack, opt, X, y, replicate=[0, 0], seeds=[0], epochs=3, batch_size=20,
+                    on_divergence="raise")
 
 
 # ----------------------------------------------------------------------------- many networks as one stack
@@ -337,9 +216,9 @@ def test_stack_computes_each_network_and_its_kappa_and_path_norm():
     torch.testing.assert_close(single, out.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_train_stack_trains_each_network_exactly_as_train_does_alone():
+def test_train_stack_trains_each_network_exactly_as_the_plain_loop_does_alone():
     """SGD, AdaGrad and Path-SGD networks on two replicates, trained as one stack, follow the runs of
-    ``train`` with torch.optim.SGD, torch.optim.Adagrad and PathSGD alone on the same minibatches."""
+    the plain loop with torch.optim.SGD, torch.optim.Adagrad and PathSGD alone on the same minibatches."""
     X, y, Xe, ye = _replicates()
     specs = [("SGD", 0.3, 0), ("SGD", 0.05, 1), ("AdaGrad", 0.02, 0), ("AdaGrad", 0.05, 1),
              ("Path-SGD", 0.1, 1), ("Path-SGD", 0.3, 0)]
@@ -356,13 +235,66 @@ def test_train_stack_trains_each_network_exactly_as_train_does_alone():
             "AdaGrad": lambda m, lr: torch.optim.Adagrad(m.parameters(), lr=lr),
             "Path-SGD": lambda m, lr: PathSGD(m, lr=lr)}
     for k, ((method, lr, r), net) in enumerate(zip(specs, nets)):
-        one = train(net, make[method](net, lr), X[r], y[r], epochs=4, batch_size=16, seed=seeds[r],
-                    evals={"val": (Xe[r], ye[r])}, record_every=2)
+        with torch.no_grad():
+            start = nn.functional.cross_entropy(net(X[r]), y[r])
+        _, losses = reference_train(net, make[method](net, lr), X[r], y[r], epochs=4, batch_size=16,
+                                    seed=seeds[r])
         for p, q in zip(stack.network(k).parameters(), net.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(run.loss[:, k], one.loss[:, 0], rtol=1e-9, atol=0)
-        for name in ("train_err", "val_loss", "val_err"):
-            torch.testing.assert_close(run.metrics[name][:, k], one.metrics[name][:, 0], rtol=1e-9, atol=0)
+        torch.testing.assert_close(run.loss[:, k], torch.tensor([float(start), losses[1], losses[3]],
+                                                                dtype=DT), rtol=1e-9, atol=0)
+        with torch.no_grad():
+            out = net(Xe[r])
+        assert float(run.metrics["val_err"][-1, k]) == pytest.approx(float((out.argmax(1) != ye[r]).double()
+                                                                           .mean()))
+        assert float(run.metrics["val_loss"][-1, k]) == pytest.approx(
+            float(nn.functional.cross_entropy(out, ye[r])), rel=1e-9)
+
+
+def test_momentum_is_torch_sgd_momentum_and_the_loss_target_stops_each_network():
+    """SGD with momentum in a stack = torch.optim.SGD(momentum) alone; with a loss target every network
+    stops at the epoch the plain loop's rule gives, keeps its weights, and its records stay put."""
+    X, y, _, _ = _replicates(R=2, n=40)
+    nets = [layered_relu_mlp([64, h, 10], seed=k) for k, h in enumerate([40, 40, 40])]
+    stack = NetStack(nets)
+    opt = StackOptimizer(stack, ["SGD"] * 3, [0.1, 0.05, 0.1], momentum=0.9)
+    run = train_stack(stack, opt, X, y, replicate=[0, 1, 1], seeds=[3, 4], epochs=60, batch_size=10,
+                      record_every=60, loss_target=0.05)
+    stopped = run.config["stopped_at"]
+    assert all(e is not None for e in stopped) and len(set(stopped)) > 1
+    for k, (net, lr, r) in enumerate(zip(nets, [0.1, 0.05, 0.1], [0, 1, 1])):
+        epoch, _ = reference_train(net, torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9), X[r], y[r],
+                                   epochs=60, batch_size=10, seed=[3, 4][r], loss_target=0.05)
+        assert epoch == stopped[k]
+        for p, q in zip(stack.network(k).parameters(), net.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+        assert float(run.loss[-1, k]) < 0.05
+    assert run.steps.tolist() == [0, max(stopped)]
+
+
+def test_networks_of_different_widths_are_padded_and_train_as_alone():
+    """A stack of 64–h1–h2–10 networks of different widths: the padded weights stay exactly zero under
+    every step rule, and each network follows its plain loop alone."""
+    X, y, _, _ = _replicates(R=1)
+    widths = [(3, 5), (8, 2), (6, 6)]
+    nets = [layered_relu_mlp([64, a, b, 10], seed=k) for k, (a, b) in enumerate(widths)]
+    stack = NetStack(nets)
+    assert stack.sizes == [64, 8, 6, 10] and stack.hidden == widths
+    methods, lrs = ["SGD", "AdaGrad", "Path-SGD"], [0.05, 0.02, 0.05]
+    opt = StackOptimizer(stack, methods, lrs, momentum=0.9)
+    train_stack(stack, opt, X, y, replicate=[0, 0, 0], seeds=[5], epochs=3, batch_size=15)
+    make = {"SGD": lambda m, lr: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
+            "AdaGrad": lambda m, lr: torch.optim.Adagrad(m.parameters(), lr=lr),
+            "Path-SGD": lambda m, lr: PathSGD(m, lr=lr)}
+    for k, (net, method, lr) in enumerate(zip(nets, methods, lrs)):
+        reference_train(net, make[method](net, lr), X[0], y[0], epochs=3, batch_size=15, seed=5)
+        for p, q in zip(stack.network(k).parameters(), net.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+        sizes = stack.sizes_of(k)
+        for i, (W, b) in enumerate(stack.pairs()):
+            pad_w = W[k].detach().clone()
+            pad_w[:sizes[i + 1], :sizes[i]] = 0
+            assert float(pad_w.abs().max()) == 0 and float(b[k, sizes[i + 1]:].detach().abs().sum()) == 0
 
 
 @pytest.mark.parametrize("with_callback", [False, True])
@@ -392,7 +324,8 @@ def test_train_stack_drops_a_diverging_network_and_trains_the_others_on(with_cal
 
 @pytest.mark.parametrize("bad", [
     lambda: NetStack([]),
-    lambda: NetStack([layered_relu_mlp([2, 3, 1]), layered_relu_mlp([2, 4, 1])]),
+    lambda: NetStack([layered_relu_mlp([2, 3, 1]), layered_relu_mlp([2, 3, 3, 1])]),
+    lambda: NetStack([layered_relu_mlp([2, 3, 1]), layered_relu_mlp([3, 3, 1])]),
     lambda: NetStack([layered_relu_mlp([2, 3, 1], bias=False)]),
     lambda: NetStack([layered_relu_mlp([2, 3, 1])]).network(1),
     lambda: StackOptimizer(NetStack([layered_relu_mlp([2, 3, 1])]), ["Adam"], [0.1]),
