@@ -3,7 +3,7 @@
     y = A x*,  A ∈ R^{M×N},  x* s-sparse,  L(x) = ½‖Ax − y‖²,  x = u^{⊙L} − v^{⊙L},  u₀ = v₀ = α·1,
     trained on w = (u, v) ∈ R^{2N}.
 
-Three updates (method names as in ``Trajectory.config["method"]``):
+Three updates, the step rules of one loop (``STEP_RULES``; names as in ``Trajectory.config["method"]``):
 
     gd   plain GD               w ← w − η ∇_w L
     wn   weight normalization   w = g·q/‖q‖ (Salimans & Kingma 2016), g₀ = ‖w₀‖, q₀ = w₀, constant steps
@@ -54,7 +54,6 @@ import torch
 from ..core.runtime import cpu_settings
 from ..core.trajectory import HUGE, DivergenceError, Trajectory
 
-METHODS = ("gd", "wn", "rp")
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -176,6 +175,9 @@ def effective_scale(u, v, depth: int) -> torch.Tensor:
 def radius(u, v) -> torch.Tensor:
     """r = ‖(u, v)‖₂ per run."""
     return torch.sqrt((u ** 2).sum(-1) + (v ** 2).sum(-1))
+
+
+METHODS = ("gd", "wn", "rp")
 
 
 def _method(method):
@@ -301,42 +303,62 @@ def wn_step(g, q, gw, lr, ratio):
     return g - lr * dg, q - (ratio * lr) * (g / nq) * (gw - dg * s)
 
 
-class _Stepper:
-    """The state of P·K runs of one method and its update; weights() gives w = (u, v) [P, K, 2N]."""
+class _Rule:
+    """A method as a step rule: its state (a tuple of tensors), the weights w = (u, v) [P, K, 2N] it
+    gives, and one step from ∇_w L. GD and RP keep w itself; WN keeps (g, q) per block."""
 
-    def __init__(self, method, w0, lr, ratio, granularity, strict):
-        self.method, self.strict = method, strict
+    def __init__(self, w0, lr, ratio, granularity, strict):
+        self.strict = strict
         self.eta = lr.unsqueeze(-1)                                  # [P, K, 1]
         self.lam = None if ratio is None else ratio.unsqueeze(-1)
         P, K, D = w0.shape
         self.blocks = (P, K, 1, D) if granularity == "joint" else (P, K, 2, D // 2)
-        if method == "wn":                                           # g₀ = ‖w₀‖, q₀ = w₀ (per block)
-            q = w0.reshape(self.blocks).clone()
-            self.state = (torch.linalg.vector_norm(q, dim=-1, keepdim=True), q)
-            self.q0 = self.state[0].clone()
-        else:
-            self.state = (w0.clone(),)
+        self.state = (w0.clone(),)
 
     def weights(self, state=None):
-        state = self.state if state is None else state
-        if self.method != "wn":
-            return state[0]
-        g, q = state
+        return (self.state if state is None else state)[0]
+
+    def direction_norm(self):
+        """max over blocks of ‖q‖/‖q₀‖ (1 but for wn): [P, K]."""
+        return torch.ones(self.blocks[:2], dtype=self.eta.dtype)
+
+
+class GDRule(_Rule):
+    """gd: w ← w − η ∇_w L."""
+
+    def step(self, gw):
+        return (self.state[0] - self.eta * gw,)
+
+
+class RPRule(_Rule):
+    """rp: the radius-preconditioned step (``polar_step``), ratio ρ."""
+
+    def step(self, gw):
+        return (_polar_step_w(self.state[0], gw, self.eta, self.lam * self.eta, self.strict),)
+
+
+class WNRule(_Rule):
+    """wn: weight normalization w = g·q/‖q‖ per block (``wn_step``), g₀ = ‖w₀‖, q₀ = w₀, ratio λ."""
+
+    def __init__(self, w0, lr, ratio, granularity, strict):
+        super().__init__(w0, lr, ratio, granularity, strict)
+        q = w0.reshape(self.blocks).clone()
+        self.state = (torch.linalg.vector_norm(q, dim=-1, keepdim=True), q)
+        self.q0 = self.state[0].clone()
+
+    def weights(self, state=None):
+        g, q = self.state if state is None else state
         return (g * q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)).reshape(self.blocks[:2] + (-1,))
 
     def direction_norm(self):
-        """max over blocks of ‖q‖/‖q₀‖ (1 for gd and rp): [P, K]."""
-        if self.method != "wn":
-            return torch.ones(self.blocks[:2], dtype=self.eta.dtype)
         return (torch.linalg.vector_norm(self.state[1], dim=-1, keepdim=True) / self.q0).amax((-2, -1))
 
     def step(self, gw):
-        if self.method == "gd":
-            return (self.state[0] - self.eta * gw,)
-        if self.method == "rp":
-            return (_polar_step_w(self.state[0], gw, self.eta, self.lam * self.eta, self.strict),)
         g, q = self.state
         return wn_step(g, q, gw.reshape(self.blocks), self.eta.unsqueeze(-1), self.lam.unsqueeze(-1))
+
+
+STEP_RULES = {"gd": GDRule, "wn": WNRule, "rp": RPRule}
 
 
 def _check_loss(loss, t, lr, alpha):
@@ -387,7 +409,7 @@ def _train(A, y, *, method, alpha, depth, lr, ratio, granularity, steps, tol, re
         if not (isinstance(err_tol, (int, float)) and err_tol > 0):
             raise ValueError(f"err_tol must be a positive number, got {err_tol!r}")
     w0 = s["alpha"].unsqueeze(-1).expand(P, K, 2 * N)                # w₀ = (u₀, v₀) = α·1
-    stepper = _Stepper(method, w0, s["lr"], s["ratio"], granularity, on_divergence == "raise")
+    stepper = STEP_RULES[method](w0, s["lr"], s["ratio"], granularity, on_divergence == "raise")
     inv = dict(ratio=s["ratio"], r0=s["alpha"] * math.sqrt(2 * N))
     invariant = (None if method == "wn" and granularity == "separate" else
                  lambda w: log_invariant(w[..., :N], w[..., N:], L, method, **inv))
