@@ -17,7 +17,7 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
 LEDGER_MIME = "application/vnd.nblib.ledger+json"
-STATUS_ORDER = ("reproduced", "not reproduced", "own")
+STATUS_ORDER = ("reproduced", "not reproduced", "exact check", "own")
 logger = logging.getLogger(__name__)
 
 
@@ -129,11 +129,11 @@ def chapter_table(app, fromdoc: str, order: list[str], records: dict[str, dict])
         link += nodes.reference("", short_title(env, doc, records), internal=True, refuri=uri)
         seeds = records[doc]["seeds"]
         rows.append([link, len(recs), counts.get("reproduced", 0), counts.get("not reproduced", 0),
-                     counts.get("own", 0), f"{sum(r['holds'] for r in recs)}/{len(recs)}",
-                     len(seeds) if seeds else "—"])
-    return _table(["ledger-chapters"], (26, 8, 10, 12, 8, 10, 10),
-                  ("Chapter", "Claims", "Reproduced", "Not reproduced", "Own", "Gates hold", "Replicates"),
-                  rows)
+                     counts.get("exact check", 0), counts.get("own", 0),
+                     f"{sum(r['holds'] for r in recs)}/{len(recs)}", len(seeds) if seeds else "—"])
+    return _table(["ledger-chapters"], (24, 8, 10, 12, 8, 8, 10, 10),
+                  ("Chapter", "Claims", "Reproduced", "Not reproduced", "Exact checks", "Own", "Gates hold",
+                   "Replicates"), rows)
 
 
 def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]:
@@ -145,7 +145,8 @@ def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]
     seeds = {tuple(records[d]["seeds"] or ()) for d in order}
     offsets = sorted({records[d].get("seed_offset", 0) for d in order})
     labels = {"reproduced": "reproduced", "not reproduced": "not reproduced at this scale",
-              "own": "the book's own claims"}
+              "exact check": "exact checks (identities and bounds that hold by construction; not "
+                             "counted as reproductions)", "own": "the book's own claims"}
     summary = nodes.bullet_list(classes=["ledger-counts"])
     for status in STATUS_ORDER:
         item = nodes.list_item()
@@ -159,13 +160,13 @@ def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]
     by_chapter = chapter_table(app, fromdoc, order, records)
 
     table = nodes.table(classes=["ledger-summary"])
-    group = nodes.tgroup(cols=6)
+    group = nodes.tgroup(cols=7)
     table += group
-    for width in (14, 40, 16, 8, 14, 8):
+    for width in (12, 34, 14, 7, 12, 7, 14):
         group += nodes.colspec(colwidth=width)
     head = nodes.thead()
     hrow = nodes.row()
-    for title in ("Chapter", "Claim", "Status", "Held", "Measured", "Gate"):
+    for title in ("Chapter", "Claim", "Status", "Held", "Measured", "Gate", "Ablation"):
         hrow += _cell(title)
     head += hrow
     group += head
@@ -181,8 +182,9 @@ def build_table(app, fromdoc: str, records: dict[str, dict]) -> list[nodes.Node]
             claim += nodes.inline(text=f" ({r['paper']})", classes=["claim-source"])
         row = nodes.row(classes=[f"status-{r['status'].replace(' ', '-')}",
                                  "holds" if r["holds"] else "fails"])
+        ablation = r.get("ablation_text") or ("none named" if r["status"] == "reproduced" else "—")
         for content in (link, claim, r["status_text"], f"{r['n_hold']}/{r['n']}", r["measured_text"],
-                        "holds" if r["holds"] else "FAILS"):
+                        "holds" if r["holds"] else "FAILS", ablation):
             row += _cell(content)
         body += row
     group += body

@@ -76,8 +76,8 @@ def test_every_chapter_writes_a_ledger_record_of_replicated_rows():
         assert record["rows"], f"{doc}: empty ledger"
         for row in record["rows"]:
             assert row["holds"], f"{doc}: {row['key']} fails its gate"
-            assert row["status"] in ("reproduced", "not reproduced", "own")
-            assert row["status"] == "own" or row["paper"], f"{doc}: {row['key']} names no paper"
+            assert row["status"] in ("reproduced", "not reproduced", "exact check", "own")
+            assert row["status"] in ("own", "exact check") or row["paper"], f"{doc}: {row['key']} names no paper"
             if row["kind"] == "replicates":
                 assert row["n"] == len(record["seeds"]) >= 5, f"{doc}: {row['key']} on {row['n']} replicates"
 
@@ -93,6 +93,8 @@ def test_the_claims_page_lists_every_claim_with_its_status_and_a_working_link():
     for tr, (doc, r) in zip(rows, expected):
         cells = [td.get_text(" ", strip=True) for td in tr.select("td")]
         assert r["claim"] in cells[1] and cells[2] == r["status_text"] and cells[3] == f"{r['n_hold']}/{r['n']}"
+        if r.get("ablation"):
+            assert cells[6] == r["ablation_text"] and "fails the gate" in cells[6], f"{r['key']}: {cells[6]}"
         href = tr.select_one("td a")["href"]
         target, _, anchor = urljoin(f"{CLAIMS_PAGE}.html", href).partition("#")
         assert target == f"{doc}.html", f"{r['key']} links to {href}"
@@ -104,9 +106,9 @@ def test_the_claims_page_lists_every_claim_with_its_status_and_a_working_link():
     assert len(chapters_table) == len(records), "one row per chapter in the overview table"
     counts = [li.get_text(" ", strip=True) for li in page.select("ul.ledger-counts li")]
     for status, label in (("reproduced", "reproduced"), ("not reproduced", "not reproduced at this scale"),
-                          ("own", "the book's own claims")):
+                          ("exact check", "exact checks"), ("own", "the book's own claims")):
         n = sum(r["status"] == status for _, r in expected)
-        assert f"{n} {label}" in counts, counts
+        assert any(c.startswith(f"{n} {label}") for c in counts), counts
 
 
 # ----------------------------------------------------------------------------------------------- links

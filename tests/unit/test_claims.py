@@ -122,3 +122,37 @@ def test_seeds_are_shifted_by_the_offset_and_substreams_are_stable(monkeypatch):
     assert a != b and a == nblib.book.substream(3, "teacher") and 0 <= a < 2 ** 62
     assert a == 0x0 + nblib.book.substream(3, "teacher")
     torch.Generator().manual_seed(a)
+
+
+def test_exact_checks_are_a_status_of_their_own():
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
+    row = ledger.at_most("id", "an identity", 1e-15, 1e-12, kind="exact", status="exact check",
+                         paper="Paper, Prop. 1")
+    assert row.holds and row.status == "exact check"
+    assert "= exact check" in ledger._repr_html_() and "✓" not in ledger._repr_html_()
+
+
+def test_a_reproduced_row_fails_when_its_ablation_passes_the_gate_too():
+    ledger = nblib.book.Ledger("demo", seeds=SEEDS)
+    good = ledger.at_most("noise", "test error with noise ~0", [0.001] * 5, 0.01, status="reproduced",
+                          paper="P", ablation=("without noise", [3.0, 2.5, 0.005, 3.3, 2.9]))
+    assert good.holds and not good.ablation_holds and good.ablation_held == "1/5"
+    assert good.ablation_text() == "without noise: 2.9 (fails the gate, 1/5)"
+    bad = ledger.at_most("both", "cannot tell the arms apart", [0.001] * 5, 0.01, status="reproduced",
+                         paper="P", ablation=("without noise", [0.002] * 5))
+    assert not bad.holds and bad.ablation_holds and bad.n_hold == 5
+    mean = ledger.at_least("m", "mean gate", [1.0, 1.1, 0.9, 1.0, 1.0], 0.5, gate="mean", status="reproduced",
+                           paper="P", ablation=("balanced start", [0.1, 0.9, 0.2, 0.8, 0.0]))
+    assert mean.holds                                       # the ablation's interval is not above 0.5
+    flags = ledger.check("c", "flags", [1] * 5, holds=True, tolerance="as flagged", status="reproduced",
+                         paper="P", ablation=("frozen", [0] * 5, [True, False, True, True, True]))
+    assert flags.holds and flags.ablation_held == "4/5"
+    assert "without noise: 2.9" in ledger._repr_html_()
+    record = ledger.record()["rows"]
+    assert record[0]["ablation_text"].startswith("without noise") and record[0]["ablation_values"][2] == 0.005
+    with pytest.raises(ValueError, match="belongs to a reproduced row"):
+        ledger.at_most("own", "x", [0.0] * 5, 1.0, ablation=("arm", [2.0] * 5))
+    with pytest.raises(ValueError, match="3 values for 5"):
+        ledger.at_most("n", "x", [0.0] * 5, 1.0, status="reproduced", paper="P", ablation=("arm", [2.0] * 3))
+    with pytest.raises(nblib.book.claims.ClaimFailed, match="its ablation without noise"):
+        ledger.verify()
